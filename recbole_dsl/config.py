@@ -1,0 +1,103 @@
+"""RecBole configuration with the DSL properties and their validation."""
+
+from __future__ import annotations
+
+import numbers
+import re
+from typing import Any, Dict, List
+
+import yaml
+from recbole.config import Config
+from recbole.utils import ModelType
+
+from recbole_dsl.sparse import DISTRIBUTIONS, GROWTH_MODES
+from recbole_dsl.utils import PROPERTIES_DIR, DSLConfigError
+
+DSL_PROPERTIES_FILE = PROPERTIES_DIR / "dsl.yaml"
+
+
+def _dsl_keys() -> List[str]:
+    if not DSL_PROPERTIES_FILE.is_file():
+        raise DSLConfigError(
+            f"{DSL_PROPERTIES_FILE} is missing: install recbole-dsl from its source tree with `pip install -e .`"
+        )
+    with open(DSL_PROPERTIES_FILE, encoding="utf-8") as f:
+        return list(yaml.safe_load(f))
+
+
+class DSLConfig(Config):
+    """RecBole's :class:`~recbole.config.Config` plus ``properties/dsl.yaml``.
+
+    The DSL defaults are internal defaults, so user files, dicts and the command line
+    override them as they override RecBole's own. Cross-entropy sequential models get
+    ``train_neg_sample_args: None`` unless the user set it, since RecBole refuses them
+    otherwise; the change is kept in :attr:`notes` for the log.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.notes: List[str] = []
+        super().__init__(*args, **kwargs)
+        validate_dsl_config(self)
+
+    def _init_parameters_category(self) -> None:
+        super()._init_parameters_category()
+        self.parameters["DSL"] = _dsl_keys()
+
+    def _load_internal_config_dict(self, model, model_class, dataset) -> None:
+        super()._load_internal_config_dict(model, model_class, dataset)
+        self._update_internal_config_dict(DSL_PROPERTIES_FILE)
+
+    def _set_default_parameters(self) -> None:
+        final = self.final_config_dict
+        if (
+            final.get("MODEL_TYPE") == ModelType.SEQUENTIAL
+            and not hasattr(self.model_class, "input_type")
+            and final.get("loss_type") == "CE"
+            and final.get("train_neg_sample_args") is not None
+            and "train_neg_sample_args" not in self.external_config_dict
+        ):
+            final["train_neg_sample_args"] = None
+            self.notes.append(
+                f"{self.model} uses loss_type CE: train_neg_sample_args set to None (RecBole samples no negatives for CE)"
+            )
+        super()._set_default_parameters()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def validate_dsl_config(config: Dict[str, Any]) -> None:
+    """Raise :class:`DSLConfigError` with a one-line reason for any invalid DSL property."""
+
+    def fail(key: str, expected: str) -> None:
+        raise DSLConfigError(f"invalid {key}={config[key]!r}: expected {expected}")
+
+    if not _is_number(config["sparsity"]) or not 0.0 <= config["sparsity"] < 1.0:
+        fail("sparsity", "a number in [0, 1)")
+    if not isinstance(config["update_interval"], int) or isinstance(config["update_interval"], bool) or config["update_interval"] < 0:
+        fail("update_interval", "an integer >= 0 (0 keeps the initial mask)")
+    if not _is_number(config["init_update_ratio"]) or not 0.0 < config["init_update_ratio"] <= 1.0:
+        fail("init_update_ratio", "a number in (0, 1]")
+    if not _is_number(config["min_update_ratio"]) or not 0.0 <= config["min_update_ratio"] <= config["init_update_ratio"]:
+        fail("min_update_ratio", "a number in [0, init_update_ratio]")
+    if not _is_number(config["update_end"]) or not 0.0 < config["update_end"] <= 1.0:
+        fail("update_end", "a number in (0, 1]")
+    if config["growth"] not in GROWTH_MODES:
+        fail("growth", " or ".join(GROWTH_MODES))
+    if config["sparsity_distribution"] not in DISTRIBUTIONS:
+        fail("sparsity_distribution", " or ".join(DISTRIBUTIONS))
+    if not isinstance(config["shared_budget"], bool):
+        fail("shared_budget", "True or False")
+    selection = config["sparse_params"]
+    if isinstance(selection, (list, tuple)) and selection and all(isinstance(p, str) for p in selection):
+        for pattern in selection:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise DSLConfigError(f"invalid sparse_params pattern {pattern!r}: {e}") from None
+    elif selection not in ("all", "embeddings"):
+        fail("sparse_params", "all, embeddings or a list of name patterns")
+    for key in ("results_file", "resume_file"):
+        if config[key] is not None and not isinstance(config[key], str):
+            fail(key, "a file path")

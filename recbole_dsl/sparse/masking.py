@@ -1,0 +1,298 @@
+"""Masks, exact budgets and prune/grow exploration for dynamic sparse training.
+
+Pure PyTorch: a :class:`MaskManager` owns one boolean mask per sparsified tensor of a
+module and drives it through optimizer step hooks, so any training loop that calls
+``optimizer.step()`` trains sparse without being changed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from recbole_dsl.sparse.schedule import CosineUpdateSchedule
+
+GROWTH_MODES = ("gradient", "random")
+DISTRIBUTIONS = ("uniform", "erk")
+
+
+def select_parameters(module: nn.Module, selection: Union[str, Sequence[str]]) -> List[str]:
+    """Names of the trainable tensors of ``module`` to sparsify.
+
+    ``"all"``: every trainable weight with two or more dimensions (embedding tables,
+    linear, recurrent and convolution weights; biases and norms stay dense).
+    ``"embeddings"``: the weights of ``nn.Embedding`` modules only.
+    A list of regular expressions: every trainable tensor of more than one element whose
+    name matches one of them (``re.search``).
+    """
+    trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    if selection == "all":
+        return [name for name, p in trainable.items() if p.dim() >= 2]
+    if selection == "embeddings":
+        embedding_weights = {
+            f"{prefix}.weight" if prefix else "weight"
+            for prefix, sub in module.named_modules()
+            if isinstance(sub, nn.Embedding)
+        }
+        return [name for name in trainable if name in embedding_weights]
+    if isinstance(selection, str):
+        raise ValueError(f"unknown parameter selection {selection!r}: use all, embeddings or a list of patterns")
+    patterns = [re.compile(p) for p in selection]
+    return [
+        name for name, p in trainable.items() if p.numel() > 1 and any(pat.search(name) for pat in patterns)
+    ]
+
+
+def round_budget(density: float, numel: int) -> int:
+    """Number of non-zeros of a tensor of ``numel`` entries at ``density`` (half rounds up)."""
+    return min(numel, int(math.floor(density * numel + 0.5)))
+
+
+def layer_densities(shapes: Dict[str, torch.Size], density: float, distribution: str) -> Dict[str, float]:
+    """Per-tensor densities whose weighted mean is ``density``.
+
+    ``uniform`` gives every tensor ``density``. ``erk`` (Erdos-Renyi-Kernel, from RigL)
+    scales each tensor's density with ``sum(shape) / prod(shape)``, so small tensors stay
+    denser; tensors that would exceed density 1 are made dense and the rest rescaled.
+    """
+    if distribution == "uniform" or density >= 1.0:
+        return {name: density for name in shapes}
+    if distribution != "erk":
+        raise ValueError(f"unknown sparsity distribution {distribution!r}: use one of {DISTRIBUTIONS}")
+    numels = {name: math.prod(shape) for name, shape in shapes.items()}
+    raw = {name: sum(shape) / numels[name] for name, shape in shapes.items()}
+    dense: set = set()
+    while True:
+        budget = density * sum(numels.values()) - sum(numels[n] for n in dense)
+        scale = budget / sum(raw[n] * numels[n] for n in shapes if n not in dense)
+        over = [n for n in shapes if n not in dense and scale * raw[n] > 1.0]
+        if not over:
+            return {n: 1.0 if n in dense else scale * raw[n] for n in shapes}
+        dense.add(max(over, key=lambda n: raw[n]))
+
+
+@dataclass
+class MaskUpdate:
+    """What one exploration step did: ``exchanged`` weights were pruned and as many grown."""
+
+    iteration: int
+    update_ratio: float
+    exchanged: int
+    density: float
+
+
+class MaskManager:
+    """Keeps a fixed budget of non-zero weights in selected tensors of a module.
+
+    The masks are enforced through optimizer hooks (:meth:`attach`): before each step the
+    gradients of inactive entries are zeroed, so no optimizer state accumulates there, and
+    after it the weights are multiplied by their masks. Every ``update_interval``
+    iterations (see :class:`CosineUpdateSchedule`) the ``k = ceil(rho_t * nnz)`` smallest
+    active weights are pruned and ``k`` inactive entries are grown: those with the
+    largest gradient magnitude (``growth="gradient"``), topped up at random when fewer
+    than ``k`` have a non-zero gradient, or all at random (``growth="random"``). Grown
+    weights start at zero with fresh optimizer state, and the budget stays exact.
+
+    With ``shared_budget`` all tensors form one group whose total budget is kept and
+    whose weights are ranked together; otherwise every tensor keeps its own budget.
+    Tensors are looked up by name on every use, so a module that replaces a submodule
+    keeps its masks.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        names: Iterable[str],
+        density: float,
+        schedule: CosineUpdateSchedule,
+        growth: str = "gradient",
+        distribution: str = "uniform",
+        shared_budget: bool = False,
+        seed: int = 0,
+        on_update: Optional[Callable[[MaskUpdate], None]] = None,
+    ) -> None:
+        if not 0.0 < density <= 1.0:
+            raise ValueError(f"density must be in (0, 1], got {density}")
+        if growth not in GROWTH_MODES:
+            raise ValueError(f"unknown growth mode {growth!r}: use one of {GROWTH_MODES}")
+        self.module = module
+        self.names = list(names)
+        if not self.names:
+            raise ValueError("no tensor selected for sparsification")
+        self.density = density
+        self.schedule = schedule
+        self.growth = growth
+        self.on_update = on_update
+        self.iteration = 0
+        self._pending_ratio: Dict[int, float] = {}
+        self._optimizers: List[torch.optim.Optimizer] = []
+        self._generator = torch.Generator().manual_seed(seed)
+
+        params = {name: self.param(name) for name in self.names}
+        densities = layer_densities({n: p.shape for n, p in params.items()}, density, distribution)
+        self.budgets = {n: round_budget(densities[n], params[n].numel()) for n in self.names}
+        self.groups: List[List[str]] = [self.names] if shared_budget else [[n] for n in self.names]
+        self.masks: Dict[str, torch.Tensor] = {}
+        for name, p in params.items():
+            mask = torch.zeros(p.numel(), dtype=torch.bool)
+            mask[torch.randperm(p.numel(), generator=self._generator)[: self.budgets[name]]] = True
+            self.masks[name] = mask.view(p.shape).to(p.device)
+        self.apply_masks()
+
+    # ------------------------------------------------------------------ queries
+    def param(self, name: str) -> nn.Parameter:
+        return self.module.get_parameter(name)
+
+    @property
+    def is_dense(self) -> bool:
+        return all(self.budgets[n] == self.masks[n].numel() for n in self.names)
+
+    def nnz(self) -> Dict[str, int]:
+        """Active entries per tensor (equal to the budget unless the budget is shared)."""
+        return {n: int(self.masks[n].sum()) for n in self.names}
+
+    def numel(self) -> Dict[str, int]:
+        return {n: self.masks[n].numel() for n in self.names}
+
+    def overall_density(self) -> float:
+        return sum(self.nnz().values()) / sum(self.numel().values())
+
+    # ------------------------------------------------------------------ masking
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero every inactive weight."""
+        for name in self.names:
+            self.param(name).mul_(self.masks[name])
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drive the masks from ``optimizer``'s steps; every attached step is one iteration."""
+        self._optimizers.append(optimizer)
+        if self.is_dense:
+            return
+        optimizer.register_step_pre_hook(self._pre_step)
+        optimizer.register_step_post_hook(self._post_step)
+
+    def _owned_names(self, optimizer: torch.optim.Optimizer) -> List[str]:
+        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        return [n for n in self.names if id(self.param(n)) in owned]
+
+    @torch.no_grad()
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        self.iteration += 1
+        if self.schedule.is_update_iteration(self.iteration):
+            ratio = self.schedule.update_ratio(self.iteration)
+            self._pending_ratio = {index: ratio for index in range(len(self.groups))}
+        owned = self._owned_names(optimizer)
+        due = [i for i in self._pending_ratio if any(n in owned for n in self.groups[i])]
+        if due:
+            ratio = self._pending_ratio[due[0]]
+            exchanged = sum(self._update_group(self.groups[i], self._pending_ratio.pop(i)) for i in due)
+            if self.on_update is not None:
+                self.on_update(MaskUpdate(self.iteration, ratio, exchanged, self.overall_density()))
+        for name in owned:
+            grad = self.param(name).grad
+            if grad is not None:
+                grad.mul_(self.masks[name])
+
+    @torch.no_grad()
+    def _post_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        for name in self._owned_names(optimizer):
+            self.param(name).mul_(self.masks[name])
+
+    # ------------------------------------------------------------------ exploration
+    @torch.no_grad()
+    def update_masks(self, update_ratio: float) -> int:
+        """Prune and grow every group now; returns the number of weights exchanged."""
+        exchanged = sum(self._update_group(group, update_ratio) for group in self.groups)
+        if self.on_update is not None:
+            self.on_update(MaskUpdate(self.iteration, update_ratio, exchanged, self.overall_density()))
+        return exchanged
+
+    def _random_scores(self, n: int, device: torch.device) -> torch.Tensor:
+        return torch.rand(n, generator=self._generator).to(device)
+
+    @torch.no_grad()
+    def _update_group(self, names: List[str], update_ratio: float) -> int:
+        params = [self.param(n) for n in names]
+        mask = torch.cat([self.masks[n].flatten() for n in names])
+        nnz = int(mask.sum())
+        if nnz == mask.numel() or nnz == 0:
+            return 0
+        k = math.ceil(update_ratio * nnz)
+        if k == 0:
+            return 0
+        magnitude = torch.cat([p.detach().abs().flatten() for p in params])
+        prune_score = magnitude.masked_fill(~mask, math.inf)
+        pruned = torch.topk(prune_score, k, largest=False).indices
+        mask[pruned] = False
+
+        random_scores = self._random_scores(mask.numel(), mask.device)
+        if self.growth == "gradient":
+            gradient = torch.cat(
+                [(p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
+            )
+            # Entries without gradient rank below every entry with one, in random order,
+            # so the budget is met even when a batch touches few embedding rows.
+            grow_score = torch.where(gradient > 0, gradient, -random_scores)
+        else:
+            grow_score = random_scores
+        grow_score = grow_score.masked_fill(mask, -math.inf)
+        grown = torch.topk(grow_score, k).indices
+        mask[grown] = True
+
+        changed = torch.cat([pruned, grown])
+        offset = 0
+        for name, p in zip(names, params):
+            numel = p.numel()
+            local = changed[(changed >= offset) & (changed < offset + numel)] - offset
+            self.masks[name] = mask[offset : offset + numel].view(p.shape).clone()
+            p.view(-1)[local] = 0.0
+            self._reset_optimizer_state(p, local)
+            offset += numel
+        return k
+
+    def _reset_optimizer_state(self, param: nn.Parameter, positions: torch.Tensor) -> None:
+        """Give changed entries fresh optimizer state (Adam moments, Adagrad sums, ...)."""
+        for optimizer in self._optimizers:
+            state = optimizer.state.get(param)
+            if not state:
+                continue
+            group = next(g for g in optimizer.param_groups if any(q is param for q in g["params"]))
+            initial_sum = group.get("initial_accumulator_value", 0.0)
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    value.view(-1)[positions] = initial_sum if key == "sum" else 0.0
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict:
+        """Plain tensors and numbers only, so it loads with ``torch.load(weights_only=True)``."""
+        return {
+            "masks": {n: m.clone() for n, m in self.masks.items()},
+            "budgets": dict(self.budgets),
+            "iteration": self.iteration,
+            "end_iteration": self.schedule.end_iteration,
+            "pending_ratio": dict(self._pending_ratio),
+            "generator": self._generator.get_state(),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        missing = set(self.names) - set(state["masks"])
+        if missing:
+            raise KeyError(f"sparse state has no mask for {sorted(missing)}")
+        for name in self.names:
+            mask = state["masks"][name]
+            if mask.shape != self.masks[name].shape:
+                raise ValueError(f"mask of {name} has shape {tuple(mask.shape)}, expected {tuple(self.masks[name].shape)}")
+            self.masks[name] = mask.to(dtype=torch.bool, device=self.masks[name].device)
+        self.budgets = {n: int(state["budgets"][n]) for n in self.names}
+        self.iteration = int(state["iteration"])
+        self.schedule.end_iteration = state["end_iteration"]
+        self._pending_ratio = {int(k): float(v) for k, v in state["pending_ratio"].items()}
+        self._generator.set_state(state["generator"])
+        self.apply_masks()

@@ -1,0 +1,249 @@
+"""RecBole trainers that train sparse with DSL.
+
+:func:`create_trainer` takes whatever trainer RecBole would pick for a model (``Trainer``,
+``RecVAETrainer``, ``NCLTrainer``, ``S3RecTrainer``, ...) and puts
+:class:`DSLTrainerMixin` in front of it. The mixin never copies RecBole's training loop:
+the :class:`~recbole_dsl.sparse.MaskManager` hooks into every optimizer the trainer
+builds, and the mixin adds what RecBole cannot know about (weights-only checkpoints that
+carry the masks, the end of the schedule, logging).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from logging import getLogger
+from typing import Dict, Type
+
+import torch
+from recbole.trainer import AbstractTrainer
+from recbole.utils import ModelType, get_trainer, set_color
+from torch import nn
+
+from recbole_dsl.sparse import CosineUpdateSchedule, MaskManager, MaskUpdate, select_parameters
+from recbole_dsl.utils import DSLCheckpointError, DSLConfigError
+
+
+def is_non_parametric(model: nn.Module) -> bool:
+    """Models fitted in closed form or by counting: nothing for DSL to sparsify."""
+    if getattr(model, "type", None) in (ModelType.TRADITIONAL, ModelType.DECISIONTREE):
+        return True
+    return all(p.numel() <= 1 for p in model.parameters() if p.requires_grad)
+
+
+def clear_cached_embeddings(model: nn.Module) -> None:
+    """Drop propagated embeddings cached for prediction (LightGCN's ``restore_user_e``, DMF's
+    ``i_embedding``, ...), so that predictions never use weights from before a mask change."""
+    for name in getattr(model, "other_parameter_name", []):
+        value = getattr(model, name, None)
+        if torch.is_tensor(value) and not isinstance(value, nn.Parameter):
+            setattr(model, name, None)
+
+
+class DSLTrainerMixin:
+    """Adds Dynamic Sparse Learning to a RecBole trainer class (put it first in the bases)."""
+
+    sparsity: MaskManager
+
+    def _build_optimizer(self, **kwargs):
+        optimizer = super()._build_optimizer(**kwargs)
+        if not hasattr(self, "sparsity"):
+            self._optimizers = []
+            self._last_valid_result = None
+            self.sparsity = self._create_mask_manager()
+        self._optimizers.append(optimizer)
+        self.sparsity.attach(optimizer)
+        return optimizer
+
+    def _create_mask_manager(self) -> MaskManager:
+        config = self.config
+        names = select_parameters(self.model, config["sparse_params"])
+        if not names:
+            raise DSLConfigError(
+                f"sparse_params={config['sparse_params']!r} selects no trainable tensor of {config['model']}"
+            )
+        schedule = CosineUpdateSchedule(
+            update_interval=config["update_interval"],
+            init_update_ratio=config["init_update_ratio"],
+            min_update_ratio=config["min_update_ratio"],
+        )
+        manager = MaskManager(
+            self.model,
+            names,
+            density=1.0 - config["sparsity"],
+            schedule=schedule,
+            growth=config["growth"],
+            distribution=config["sparsity_distribution"],
+            shared_budget=config["shared_budget"],
+            seed=config["seed"] or 0,
+            on_update=self._on_mask_update,
+        )
+        clear_cached_embeddings(self.model)
+        self._log_selection(manager)
+        return manager
+
+    def _log_selection(self, manager: MaskManager) -> None:
+        config = self.config
+        if manager.is_dense:
+            mode = "dense (sparsity 0): masks are all ones and never updated"
+        elif config["update_interval"] == 0:
+            mode = "static random mask (update_interval 0)"
+        else:
+            mode = (
+                f"{config['growth']} growth every {config['update_interval']} iterations, "
+                f"rho0 {config['init_update_ratio']}, rho_min {config['min_update_ratio']}"
+            )
+        budget = "one budget shared by all tensors" if config["shared_budget"] else "a budget per tensor"
+        lines = [
+            set_color("DSL", "pink")
+            + f": sparsity {config['sparsity']} over {len(manager.names)} tensors of {config['model']}, "
+            f"{config['sparsity_distribution']} distribution, {budget}; {mode}"
+        ]
+        for name, numel in manager.numel().items():
+            shape = "x".join(str(s) for s in manager.masks[name].shape)
+            lines.append(f"    {name:<45} {shape:>12}  {numel:>10,d} -> {manager.budgets[name]:>10,d} non-zero")
+        self.logger.info("\n".join(lines))
+
+    def _on_mask_update(self, update: MaskUpdate) -> None:
+        clear_cached_embeddings(self.model)
+        self.logger.info(
+            set_color("DSL mask update", "pink")
+            + f" [iteration {update.iteration}, rho_t {update.update_ratio:.4f}, "
+            f"exchanged {update.exchanged:,d}, density {update.density:.4f}]"
+        )
+
+    def _total_epochs(self) -> int:
+        stage = self.config["train_stage"]
+        if isinstance(stage, str) and "pretrain" in stage and hasattr(self, "pretrain_epochs"):
+            return self.pretrain_epochs
+        return self.epochs
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        # T_end counts optimizer iterations: estimated from the batches per epoch (times
+        # RecVAE's encoder and decoder passes), then measured after the first epoch, for
+        # trainers that step a different number of times per epoch.
+        schedule = self.sparsity.schedule
+        fraction = self.config["update_end"]
+        if schedule.end_iteration is None:
+            passes = getattr(self, "n_enc_epochs", 0) + getattr(self, "n_dec_epochs", 0) or 1
+            schedule.end_iteration = max(1, math.ceil(fraction * self._total_epochs() * len(train_data) * passes))
+        start = self.sparsity.iteration
+        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        steps = self.sparsity.iteration - start
+        if steps and not getattr(self, "_end_iteration_measured", False):
+            schedule.end_iteration = max(1, math.ceil(fraction * self._total_epochs() * steps))
+            self._end_iteration_measured = True
+        return loss
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self._last_valid_result = valid_result
+        return valid_score, valid_result
+
+    # ---------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """Write a checkpoint that ``torch.load(..., weights_only=True)`` reads: plain
+        tensors and numbers, the masks and the schedule, every optimizer's state."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": {"model": self.config["model"], "dataset": self.config["dataset"]},
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score),
+            "best_valid_result": {k: float(v) for k, v in (self._last_valid_result or {}).items()},
+            "state_dict": self.model.state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in self._optimizers],
+            "sparsity": self.sparsity.state_dict(),
+        }
+        torch.save(state, saved_model_file)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def save_pretrained_model(self, epoch, saved_model_file):
+        """Pre-training stages (RaCT, S3Rec) save in the same weights-only format."""
+        self._save_checkpoint(epoch, verbose=False, saved_model_file=saved_model_file)
+        self.saved_model_file = saved_model_file
+
+    def _load_checkpoint(self, checkpoint_file: str) -> dict:
+        """Restore weights, masks and schedule; raise :class:`DSLCheckpointError` on a bad file."""
+        try:
+            checkpoint = torch.load(checkpoint_file, map_location=self.device, weights_only=True)
+        except FileNotFoundError:
+            raise DSLCheckpointError(f"checkpoint {checkpoint_file} does not exist") from None
+        except Exception as e:
+            raise DSLCheckpointError(
+                f"cannot read checkpoint {checkpoint_file}: corrupt, truncated or not written by recbole-dsl "
+                f"({type(e).__name__})"
+            ) from None
+        required = ("config", "epoch", "state_dict", "optimizers", "sparsity")
+        if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in required):
+            raise DSLCheckpointError(f"{checkpoint_file} is not a recbole-dsl checkpoint")
+        if checkpoint["config"].get("model") != self.config["model"]:
+            raise DSLCheckpointError(
+                f"checkpoint {checkpoint_file} holds a {checkpoint['config'].get('model')} model, not {self.config['model']}"
+            )
+        try:
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.sparsity.load_state_dict(checkpoint["sparsity"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            reason = str(e).strip().splitlines()[0]
+            raise DSLCheckpointError(f"checkpoint {checkpoint_file} does not fit this model: {reason}") from None
+        clear_cached_embeddings(self.model)
+        return checkpoint
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        checkpoint = self._load_checkpoint(resume_file)
+        self.saved_model_file = resume_file
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.best_valid_result = checkpoint["best_valid_result"] or None
+        if len(checkpoint["optimizers"]) != len(self._optimizers):
+            raise DSLCheckpointError(f"checkpoint {resume_file} holds {len(checkpoint['optimizers'])} optimizer states, expected {len(self._optimizers)}")
+        for optimizer, optimizer_state in zip(self._optimizers, checkpoint["optimizers"]):
+            optimizer.load_state_dict(optimizer_state)
+        self._end_iteration_measured = True
+        self.logger.info(
+            f"Checkpoint loaded. Resume training from epoch {self.start_epoch} "
+            f"(DSL iteration {self.sparsity.iteration} of {self.sparsity.schedule.end_iteration})"
+        )
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if eval_data and load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            self._load_checkpoint(checkpoint_file)
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    # ---------------------------------------------------------------- reporting
+    def sparsity_summary(self) -> Dict[str, Dict[str, int]]:
+        """Per sparsified tensor: its size and its number of active (non-zero) entries."""
+        numel, nnz = self.sparsity.numel(), self.sparsity.nnz()
+        return {name: {"numel": numel[name], "nnz": nnz[name]} for name in self.sparsity.names}
+
+
+@functools.lru_cache(maxsize=None)
+def dsl_trainer_class(base: Type[AbstractTrainer]) -> Type[AbstractTrainer]:
+    """``base`` with :class:`DSLTrainerMixin` in front, e.g. ``DSLRecVAETrainer``."""
+    return type(f"DSL{base.__name__}", (DSLTrainerMixin, base), {})
+
+
+def create_trainer(config, model: nn.Module) -> AbstractTrainer:
+    """The trainer RecBole would use for ``model``, training sparse with DSL.
+
+    Non-parametric models have nothing to sparsify: they get RecBole's own trainer and a
+    log line saying so.
+    """
+    base = get_trainer(config["MODEL_TYPE"], config["model"])
+    if is_non_parametric(model):
+        getLogger().info(
+            set_color("DSL skipped", "pink")
+            + f": {config['model']} is non-parametric (no trainable weights to sparsify); "
+            f"training with {base.__name__} unchanged"
+        )
+        return base(config, model)
+    return dsl_trainer_class(base)(config, model)
+

@@ -1,0 +1,23 @@
+"""Errors that the command line reports as one line, and small helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
+
+
+class DSLError(Exception):
+    """A problem with the user's input, reported on one line without a traceback."""
+
+
+class DSLConfigError(DSLError, ValueError):
+    """An invalid DSL property or RecBole setting."""
+
+
+class DSLDatasetError(DSLError):
+    """A dataset that cannot be found or read."""
+
+
+class DSLCheckpointError(DSLError):
+    """A checkpoint that cannot be read or does not fit the model."""

@@ -1,0 +1,115 @@
+"""Every built-in RecBole general and sequential model trains with DSL (one epoch on a
+slice of ml-100k), keeps its exact budget with true zeros, and produces metrics."""
+
+import inspect
+import logging
+import math
+
+import pytest
+import recbole.model.general_recommender as general
+import recbole.model.sequential_recommender as sequential
+import torch
+from recbole.model.abstract_recommender import AbstractRecommender
+
+from recbole_dsl.quick_start import run_recbole_dsl
+from recbole_dsl.sparse import round_budget
+
+
+def builtin_models(package):
+    return sorted(
+        name
+        for name, cls in inspect.getmembers(package, inspect.isclass)
+        if issubclass(cls, AbstractRecommender) and cls.__module__.startswith(package.__name__ + ".")
+    )
+
+
+MODELS = builtin_models(general) + builtin_models(sequential)
+NON_PARAMETRIC = {"ADMMSLIM", "AsymKNN", "EASE", "ItemKNN", "NCEPLRec", "Pop", "Random", "SLIMElastic"}
+SPARSITY = 0.8
+
+TINY = dict(
+    epochs=1,
+    train_batch_size=512,
+    MAX_ITEM_LIST_LENGTH=10,
+    embedding_size=16,
+    hidden_size=16,
+    inner_size=32,
+    n_layers=1,
+    kg_embedding_size=16,
+    pretrain_epochs=1,
+    save_step=1,
+    sparsity=SPARSITY,
+    update_interval=2,
+    show_progress=False,
+    state="ERROR",
+    load_col={
+        "inter": ["user_id", "item_id", "rating", "timestamp"],
+        "item": ["item_id", "release_year", "class"],
+        "user": ["user_id", "age", "gender", "occupation"],
+    },
+)
+KNOWLEDGE_GRAPH = dict(
+    load_col={
+        "inter": ["user_id", "item_id", "rating", "timestamp"],
+        "kg": ["head_id", "relation_id", "tail_id"],
+        "link": ["item_id", "entity_id"],
+        "ent": ["ent_id", "ent_emb"],
+        "rel": ["rel_id", "rel_emb"],
+    },
+    additional_feat_suffix=["ent", "rel"],
+    preload_weight={"ent_id": "ent_emb", "rel_id": "rel_emb"},
+    alias_of_item_id=["ent_id"],
+    alias_of_relation_id=["rel_id"],
+    eval_args={"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+)
+OVERRIDES = {
+    "ConvNCF": dict(embedding_size=64),  # its convolution stack needs a 64x64 interaction map
+    "FEARec": dict(embedding_size=64, hidden_size=64, inner_size=256, n_layers=2),  # fails at smaller widths
+    "GRU4RecKG": KNOWLEDGE_GRAPH,
+    "NCL": dict(num_clusters=10),  # faiss needs at least as many users as clusters
+    "KSR": KNOWLEDGE_GRAPH,
+}
+KNOWN_BROKEN = {
+    # RecBole 1.2.1 builds KSR's relation matrix in float64 from the preloaded vectors and
+    # multiplies it with float32 activations; it fails with or without DSL.
+    "KSR": "RecBole 1.2.1 bug: float64 relation matrix times float32 activations",
+}
+
+
+def params(models):
+    for name in models:
+        marks = [pytest.mark.xfail(reason=KNOWN_BROKEN[name], raises=RuntimeError, strict=True)] if name in KNOWN_BROKEN else []
+        yield pytest.param(name, marks=marks, id=name)
+
+
+def test_model_list_is_complete():
+    assert len(MODELS) >= 60 and {"BPR", "LightGCN", "NeuMF", "MultiVAE", "SASRec", "GRU4Rec"} <= set(MODELS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", params(MODELS))
+def test_model_trains_with_dsl(model, tiny_data_path, tmp_path, caplog):
+    if model == "NCL":
+        pytest.importorskip("faiss", reason="NCL needs faiss (pip install faiss-cpu)")
+    config = {**TINY, **OVERRIDES.get(model, {}), "data_path": tiny_data_path, "checkpoint_dir": str(tmp_path / "saved")}
+    with caplog.at_level(logging.INFO):
+        result = run_recbole_dsl(model=model, dataset="tiny", config_dict=config)
+
+    assert result["test_result"], "no test metrics"
+    assert all(math.isfinite(v) for v in result["test_result"].values())
+    if model in NON_PARAMETRIC:
+        assert not result["dsl_applied"] and result["sparsified"] == {}
+        assert f"DSL skipped: {model} is non-parametric" in caplog.text
+        return
+
+    assert result["dsl_applied"] and result["sparsified"]
+    for name, entry in result["sparsified"].items():
+        assert entry["nnz"] == round_budget(1 - SPARSITY, entry["numel"]), name
+    checkpoint = torch.load(result["checkpoint"], weights_only=True)
+    for name, mask in checkpoint["sparsity"]["masks"].items():
+        weight = checkpoint["state_dict"][name]
+        assert int(mask.sum()) == result["sparsified"][name]["nnz"]
+        assert torch.all(weight[~mask] == 0), f"{name} has non-zero pruned weights"
+    if checkpoint["sparsity"]["iteration"] >= 2:  # exploration ran inside RecBole's loop
+        assert "DSL mask update [iteration 2," in caplog.text
+

@@ -1,0 +1,99 @@
+"""The command line: real runs on ml-100k, the results file, and one-line errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import run_recbole_dsl
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--epochs=2", "--show_progress=False", "--state=ERROR"]
+SMALL_SEQUENTIAL = ["--MAX_ITEM_LIST_LENGTH=10", "--hidden_size=16", "--inner_size=32", "--n_layers=1", "--epochs=1", "--train_batch_size=512"]
+
+
+def run_cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_recbole_dsl.py"), *args],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_bpr_sparse_run_writes_results(tmp_path):
+    out = run_cli("--model=BPR", "--dataset=ml-100k", "--sparsity=0.9", "--update_interval=30", *FAST, "--results_file=r.json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["model"] == "BPR" and result["dataset"] == "ml-100k"
+    assert result["dsl"]["sparsity"] == 0.9 and result["dsl"]["update_interval"] == 30
+    assert result["sparsified"] == {
+        "user_embedding.weight": {"numel": 944 * 64, "nnz": 6042},
+        "item_embedding.weight": {"numel": 1683 * 64, "nnz": 10771},
+    }
+    assert result["final_density"] == pytest.approx(0.1, abs=1e-5)
+    assert set(result["test_result"]) == {"recall@10", "mrr@10", "ndcg@10", "hit@10", "precision@10"}
+    assert result["best_valid_result"]["mrr@10"] == result["best_valid_score"]
+
+
+@pytest.mark.slow
+def test_sasrec_cross_entropy_runs_as_written(tmp_path):
+    out = run_cli(
+        "--model=SASRec", "--dataset=ml-100k", "--sparsity=0.8", "--update_interval=100", "--init_update_ratio=0.3",
+        *SMALL_SEQUENTIAL, "--show_progress=False", "--results_file=r.json", cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    log = next((tmp_path / "log" / "SASRec").glob("*.log")).read_text()
+    assert "train_neg_sample_args set to None" in log
+    assert "DSL mask update [iteration 100, rho_t" in log
+    result = json.loads((tmp_path / "r.json").read_text())
+    for name, entry in result["sparsified"].items():
+        assert abs(entry["nnz"] - 0.2 * entry["numel"]) <= 0.5, name
+
+
+@pytest.mark.slow
+def test_dense_baseline_same_pipeline(tmp_path):
+    out = run_cli("--model=BPR", "--dataset=ml-100k", "--sparsity=0", *FAST, "--results_file=r.json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["dsl_applied"] and result["final_density"] == 1.0
+    assert all(e["nnz"] == e["numel"] for e in result["sparsified"].values())
+    assert "DSL mask update" not in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("--sparsity=1.0", "invalid sparsity=1.0: expected a number in [0, 1)"),
+        ("--sparsity=-0.1", "invalid sparsity=-0.1"),
+        ("--sparsity=abc", "invalid sparsity='abc'"),
+        ("--update_interval=-1", "invalid update_interval=-1"),
+        ("--update_interval=2.5", "invalid update_interval=2.5"),
+        ("--init_update_ratio=0", "invalid init_update_ratio=0"),
+        ("--init_update_ratio=1.5", "invalid init_update_ratio=1.5"),
+        ("--growth=magic", "invalid growth='magic'"),
+        ("--sparse_params=weights", "invalid sparse_params='weights'"),
+        ("--model=NoSuchModel", "unknown model [NoSuchModel]"),
+        ("--dataset=no-such-dataset", "dataset [no-such-dataset] not found"),
+        ("--config_files=missing.yaml", "config file missing.yaml does not exist"),
+        ("--resume_file=missing.pth", "checkpoint missing.pth does not exist"),
+    ],
+)
+def test_bad_input_is_one_line(arg, message, monkeypatch, capsys):
+    defaults = [d for d in ("--model=BPR", "--dataset=ml-100k") if not arg.startswith(d.split("=")[0] + "=")]
+    monkeypatch.setattr(sys, "argv", ["run_recbole_dsl.py", *defaults, arg, *FAST])
+    assert run_recbole_dsl.main() == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err, err
+    assert "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"PK\x03\x04truncated"])
+def test_corrupt_checkpoint_is_refused(content, tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(content)
+    monkeypatch.setattr(sys, "argv", ["run_recbole_dsl.py", "--model=BPR", "--dataset=ml-100k", f"--resume_file={bad}", *FAST])
+    assert run_recbole_dsl.main() == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot read checkpoint {bad}: corrupt") and "\n" not in err

@@ -1,0 +1,243 @@
+"""The pure-PyTorch core: budgets, schedule, prune/grow, optimizer state, persistence."""
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from recbole_dsl.sparse import (
+    CosineUpdateSchedule,
+    MaskManager,
+    layer_densities,
+    round_budget,
+    select_parameters,
+)
+
+
+class TwoTower(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.user = nn.Embedding(50, 8)
+        self.item = nn.Embedding(70, 8)
+        self.proj = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, users, items):
+        return (self.norm(self.proj(self.user(users))) * self.item(items)).sum(-1)
+
+
+def schedule(update_interval=3, init_update_ratio=0.5, end_iteration=30, min_update_ratio=0.0):
+    return CosineUpdateSchedule(update_interval, init_update_ratio, min_update_ratio, end_iteration)
+
+
+def assert_invariant(manager: MaskManager):
+    for name in manager.names:
+        p, m = manager.param(name), manager.masks[name]
+        assert torch.all(p[~m] == 0), f"{name} has non-zero inactive weights"
+    if len(manager.groups) == len(manager.names):
+        assert manager.nnz() == manager.budgets
+    else:
+        assert sum(manager.nnz().values()) == sum(manager.budgets.values())
+
+
+def test_select_parameters():
+    model = TwoTower()
+    assert select_parameters(model, "all") == ["user.weight", "item.weight", "proj.weight"]
+    assert select_parameters(model, "embeddings") == ["user.weight", "item.weight"]
+    assert select_parameters(model, ["^item", r"proj\.bias"]) == ["item.weight", "proj.bias"]
+    model.item.weight.requires_grad_(False)
+    assert select_parameters(model, "all") == ["user.weight", "proj.weight"]
+
+
+def test_round_budget_and_erk_densities():
+    assert round_budget(0.1, 60416) == 6042  # 6041.6 rounds to the nearest integer
+    assert round_budget(0.5, 3) == 2
+    shapes = {"big": torch.Size([1000, 64]), "small": torch.Size([8, 8])}
+    densities = layer_densities(shapes, 0.1, "erk")
+    total = sum(densities[n] * math.prod(s) for n, s in shapes.items())
+    assert total == pytest.approx(0.1 * sum(math.prod(s) for s in shapes.values()))
+    assert densities["small"] == 1.0 and densities["big"] < 0.1
+    assert layer_densities(shapes, 0.1, "uniform") == {"big": 0.1, "small": 0.1}
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+def test_init_budget_exact_and_zeros(distribution):
+    model = TwoTower()
+    manager = MaskManager(model, select_parameters(model, "all"), 0.2, schedule(), distribution=distribution)
+    if distribution == "uniform":
+        assert manager.budgets == {"user.weight": 80, "item.weight": 112, "proj.weight": 13}
+    assert_invariant(manager)
+    assert torch.count_nonzero(model.proj.bias) > 0  # biases stay dense
+
+
+def test_schedule_matches_formula():
+    s = CosineUpdateSchedule(update_interval=10, init_update_ratio=0.4, min_update_ratio=0.01, end_iteration=100)
+    for t in (0, 10, 25, 50, 90, 100):
+        expected = 0.01 + (0.4 - 0.01) * (1 + math.cos(math.pi * t / 100)) / 2
+        assert s.update_ratio(t) == pytest.approx(expected)
+    assert s.update_ratio(0) == pytest.approx(0.4) and s.update_ratio(100) == pytest.approx(0.01)
+    assert [t for t in range(0, 131) if s.is_update_iteration(t)] == list(range(10, 101, 10))
+    assert not any(CosineUpdateSchedule(0, 0.5, 0.0, 100).is_update_iteration(t) for t in range(200))
+
+
+def hand_built():
+    """One 2x4 tensor whose mask, weights and gradient are set by hand."""
+    model = nn.Module()
+    model.w = nn.Parameter(torch.zeros(2, 4))
+    manager = MaskManager(model, ["w"], 0.5, schedule())
+    manager.masks["w"] = torch.tensor([[True, True, False, False], [True, True, False, False]])
+    with torch.no_grad():
+        model.w.copy_(torch.tensor([[0.9, -0.1, 0, 0], [0.5, 0.3, 0, 0]]))
+    model.w.grad = torch.tensor([[0.0, 0.0, 0.2, -0.7], [0.0, 0.0, 0.05, 0.1]])
+    return model, manager
+
+
+def test_prune_smallest_magnitude_grow_largest_gradient():
+    model, manager = hand_built()
+    assert manager.update_masks(0.5) == 2  # k = ceil(0.5 * 4)
+    # pruned: -0.1 and 0.3 (smallest |w|); grown: -0.7 and 0.2 (largest |grad|)
+    assert manager.masks["w"].tolist() == [[True, False, True, True], [True, False, False, False]]
+    assert torch.equal(model.w.detach(), torch.tensor([[0.9, 0, 0, 0], [0.5, 0, 0, 0]]))
+    assert manager.nnz() == {"w": 4}
+
+
+def test_just_pruned_entry_can_come_back_at_zero():
+    model, manager = hand_built()
+    model.w.grad = torch.tensor([[0.0, 5.0, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    manager.update_masks(0.25)  # k = 1: prune -0.1, regrow it (largest gradient)
+    assert manager.masks["w"].tolist() == [[True, True, False, False], [True, True, False, False]]
+    assert model.w[0, 1].item() == 0.0
+
+
+def test_random_growth_keeps_budget_and_prunes_by_magnitude():
+    model, manager = hand_built()
+    manager.growth = "random"
+    manager.update_masks(0.5)
+    assert manager.nnz() == {"w": 4}
+    assert manager.masks["w"][0, 0] and manager.masks["w"][1, 0]  # the two largest weights survive
+
+
+def test_budget_exact_when_few_inactive_entries_have_gradient():
+    """An embedding batch touches few rows: fewer non-zero gradients than weights to grow."""
+    model = nn.Module()
+    model.table = nn.Parameter(torch.randn(100, 8))
+    manager = MaskManager(model, ["table"], 0.3, schedule())
+    grad = torch.zeros(100, 8)
+    grad[[3, 7]] = torch.randn(2, 8).abs() + 0.1
+    model.table.grad = grad
+    inactive_with_grad = int((~manager.masks["table"] & (grad != 0)).sum())
+    k = manager.update_masks(0.5)
+    assert k == 120 > inactive_with_grad
+    assert manager.nnz() == {"table": 240}
+    assert torch.all(manager.masks["table"][[3, 7]])  # every row with a gradient was grown first
+    assert_invariant(manager)
+
+
+def test_shared_budget_ranks_across_tensors():
+    model = nn.Module()
+    model.a = nn.Parameter(torch.full((10,), 0.01))
+    model.b = nn.Parameter(torch.full((10,), 5.0))
+    manager = MaskManager(model, ["a", "b"], 0.5, schedule(), shared_budget=True)
+    model.a.grad = torch.zeros(10)
+    model.b.grad = torch.ones(10)
+    manager.update_masks(1.0)  # every active weight of a (small) is pruned in favour of b
+    assert manager.nnz() == {"a": 0, "b": 10}
+    assert_invariant(manager)
+
+
+def test_grown_entries_get_fresh_adam_state_and_pruned_stay_dead():
+    torch.manual_seed(0)
+    model = TwoTower()
+    manager = MaskManager(model, select_parameters(model, "all"), 0.2, schedule(update_interval=0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    manager.attach(optimizer)
+    users, items = torch.randint(0, 50, (64,)), torch.randint(0, 70, (64,))
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(users, items).pow(2).mean().backward()
+        optimizer.step()
+    before = manager.masks["user.weight"].clone()
+    manager.update_masks(0.5)
+    after = manager.masks["user.weight"]
+    grown, pruned = after & ~before, before & ~after
+    assert grown.any() and pruned.any()
+    state = optimizer.state[model.user.weight]
+    assert torch.all(state["exp_avg"][grown | pruned] == 0)
+    assert torch.all(state["exp_avg_sq"][grown | pruned] == 0)
+    assert torch.all(model.user.weight[grown] == 0)
+    for _ in range(5):  # momentum must not bring pruned weights back
+        optimizer.zero_grad()
+        model(users, items).pow(2).mean().backward()
+        optimizer.step()
+        assert_invariant(manager)
+
+
+@pytest.mark.parametrize("optimizer_class", [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adagrad, torch.optim.RMSprop])
+@pytest.mark.parametrize("shared_budget", [False, True])
+def test_invariant_after_every_step_and_update(optimizer_class, shared_budget):
+    torch.manual_seed(1)
+    model = TwoTower()
+    updates = []
+    manager = MaskManager(
+        model, select_parameters(model, "all"), 0.1, schedule(update_interval=4, end_iteration=40),
+        shared_budget=shared_budget, on_update=updates.append,
+    )
+    optimizer = optimizer_class(model.parameters(), lr=0.05)
+    manager.attach(optimizer)
+    masks_seen = set()
+    for step in range(40):
+        users, items = torch.randint(0, 50, (16,)), torch.randint(0, 70, (16,))
+        optimizer.zero_grad()
+        model(users, items).sigmoid().log().neg().mean().backward()
+        optimizer.step()
+        assert_invariant(manager)
+        masks_seen.add(manager.masks["item.weight"].numpy().tobytes())
+    assert [u.iteration for u in updates] == list(range(4, 41, 4))
+    assert updates[0].update_ratio == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 40)) / 2)
+    assert all(u.exchanged > 0 for u in updates[:-1])
+    assert len(masks_seen) > 1  # the masks really moved
+
+
+def test_static_mask_never_changes():
+    model = TwoTower()
+    manager = MaskManager(model, select_parameters(model, "all"), 0.3, schedule(update_interval=0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    manager.attach(optimizer)
+    initial = {n: m.clone() for n, m in manager.masks.items()}
+    for _ in range(10):
+        optimizer.zero_grad()
+        model(torch.arange(10), torch.arange(10)).sum().backward()
+        optimizer.step()
+    assert all(torch.equal(initial[n], manager.masks[n]) for n in initial)
+    assert manager.iteration == 10
+    assert_invariant(manager)
+
+
+def test_dense_manager_attaches_no_hooks():
+    model = TwoTower()
+    manager = MaskManager(model, select_parameters(model, "all"), 1.0, schedule())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    manager.attach(optimizer)
+    assert manager.is_dense and not optimizer._optimizer_step_pre_hooks
+    assert manager.overall_density() == 1.0
+
+
+def test_state_dict_round_trip_weights_only():
+    torch.manual_seed(2)
+    model = TwoTower()
+    manager = MaskManager(model, select_parameters(model, "all"), 0.2, schedule(), seed=5)
+    manager.iteration = 17
+    buffer = io.BytesIO()
+    torch.save(manager.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+
+    other = TwoTower()
+    restored = MaskManager(other, select_parameters(other, "all"), 0.2, schedule(), seed=99)
+    restored.load_state_dict(state)
+    assert all(torch.equal(manager.masks[n], restored.masks[n]) for n in manager.names)
+    assert restored.iteration == 17 and restored.schedule.end_iteration == 30
+    assert torch.rand(3, generator=restored._generator).tolist() == torch.rand(3, generator=manager._generator).tolist()
+    assert_invariant(restored)

@@ -1,0 +1,100 @@
+"""The DSL trainer inside RecBole: resume, best-model reload, caches, checkpoints."""
+
+import logging
+import math
+import re
+
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_model, init_seed
+
+from recbole_dsl.quick_start import load_config
+from recbole_dsl.trainer import create_trainer
+from recbole_dsl.utils import DSLCheckpointError
+
+
+def build(model_name, tmp_path, **overrides):
+    config = load_config(
+        model_name, "ml-100k",
+        config_dict={"show_progress": False, "state": "ERROR", "checkpoint_dir": str(tmp_path / "saved"), **overrides},
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = get_model(model_name)(config, train_data._dataset)
+    return create_trainer(config, model), train_data, valid_data, test_data
+
+
+def updates_logged(text):
+    return [(int(i), float(r)) for i, r in re.findall(r"DSL mask update \[iteration (\d+), rho_t ([0-9.]+)", text)]
+
+
+@pytest.mark.slow
+def test_resume_keeps_masks_optimizer_and_schedule(tmp_path, caplog):
+    settings = dict(epochs=4, eval_step=0, update_interval=30, init_update_ratio=0.4, min_update_ratio=0.0, sparsity=0.9)
+    first, train_data, _, _ = build("BPR", tmp_path, **settings)
+    first._train_epoch(train_data, 0)
+    first._train_epoch(train_data, 1)
+    first._save_checkpoint(1)
+    assert first.sparsity.iteration == 80 and first.sparsity.schedule.end_iteration == 160
+
+    second, train_data, _, _ = build("BPR", tmp_path, **settings)
+    second.resume_checkpoint(first.saved_model_file)
+    assert second.start_epoch == 2 and second.sparsity.iteration == 80
+    for name in first.sparsity.names:
+        assert torch.equal(second.sparsity.masks[name], first.sparsity.masks[name])
+        assert torch.equal(second.model.get_parameter(name), first.model.get_parameter(name))
+    first_state = first.optimizer.state_dict()["state"]
+    for key, value in second.optimizer.state_dict()["state"].items():
+        assert torch.equal(value["exp_avg_sq"], first_state[key]["exp_avg_sq"])
+
+    with caplog.at_level(logging.INFO):
+        second.fit(train_data, None, saved=True)
+    assert second.sparsity.iteration == 160
+    updates = updates_logged(caplog.text)
+    assert [i for i, _ in updates] == [90, 120, 150]
+    for iteration, ratio in updates:  # the schedule continues with T_end = 160 from the first run
+        assert ratio == pytest.approx(0.4 * (1 + math.cos(math.pi * iteration / 160)) / 2, abs=1e-4)
+    for name in second.sparsity.names:
+        assert int(second.sparsity.masks[name].sum()) == second.sparsity.budgets[name]
+
+
+@pytest.mark.slow
+def test_best_model_reload_restores_masks_and_clears_caches(tmp_path):
+    trainer, train_data, valid_data, test_data = build(
+        "LightGCN", tmp_path, epochs=2, sparsity=0.8, update_interval=15, n_layers=1
+    )
+    trainer.fit(train_data, valid_data, saved=True)
+    checkpoint = torch.load(trainer.saved_model_file, weights_only=True)
+    saved_masks = checkpoint["sparsity"]["masks"]
+
+    trainer.evaluate(valid_data, load_best_model=False)
+    assert trainer.model.restore_user_e is not None  # LightGCN cached its propagation
+    trainer.sparsity.update_masks(0.5)  # masks change outside training
+    assert trainer.model.restore_user_e is None and trainer.model.restore_item_e is None
+    assert not torch.equal(trainer.sparsity.masks["user_embedding.weight"], saved_masks["user_embedding.weight"])
+
+    result = trainer.evaluate(test_data, load_best_model=True)
+    assert result["ndcg@10"] >= 0
+    for name, mask in saved_masks.items():
+        assert torch.equal(trainer.sparsity.masks[name], mask)
+        assert torch.equal(trainer.model.get_parameter(name), checkpoint["state_dict"][name])
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    bpr, _, _, _ = build("BPR", tmp_path, sparsity=0.5)
+    bpr._save_checkpoint(0)
+    lightgcn, _, _, _ = build("LightGCN", tmp_path, sparsity=0.5)
+    with pytest.raises(DSLCheckpointError, match="holds a BPR model, not LightGCN"):
+        lightgcn.resume_checkpoint(bpr.saved_model_file)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    trainer, _, _, _ = build("BPR", tmp_path, sparsity=0.5)
+    trainer._save_checkpoint(0)
+    data = open(trainer.saved_model_file, "rb").read()
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DSLCheckpointError, match="corrupt, truncated"):
+        trainer.resume_checkpoint(truncated)
