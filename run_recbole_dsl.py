@@ -2,14 +2,19 @@
 
     python run_recbole_dsl.py --model=LightGCN --dataset=ml-100k --sparsity=0.9
 
-Every RecBole setting and DSL property can be given as ``--key=value``.
+Every RecBole setting and DSL property can be given as ``--key=value``. With
+``--sweep=FILE --sweep_dir=DIR`` it runs a hyperparameter sweep with Ray Tune instead
+(see ``recbole_dsl.tuning``); the exit status is then 1 when no trial finished or the
+sweep was interrupted.
 """
 
 import argparse
 import sys
+import warnings
+from typing import List, Optional
 
 from recbole_dsl.quick_start import run_recbole_dsl
-from recbole_dsl.utils import DSLError
+from recbole_dsl.utils import DSLError, DSLSweepError
 
 
 def main() -> int:
@@ -17,14 +22,31 @@ def main() -> int:
     parser.add_argument("--model", "-m", type=str, default="BPR", help="name of a RecBole model")
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="name of a dataset")
     parser.add_argument("--config_files", type=str, default=None, help="space-separated YAML files")
+    parser.add_argument("--sweep", type=str, default=None, help="sweep file: run a Ray Tune sweep")
+    parser.add_argument("--sweep_dir", type=str, default=None, help="folder of the sweep's results; resumes the sweep in it")
+    parser.add_argument("--ray_address", type=str, default=None, help="Ray cluster to run the sweep on, e.g. auto")
     args, _ = parser.parse_known_args()
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
     try:
+        if args.sweep or args.sweep_dir or args.ray_address:
+            return _sweep(args, config_file_list)
         run_recbole_dsl(model=args.model, dataset=args.dataset, config_file_list=config_file_list)
     except DSLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _sweep(args: argparse.Namespace, config_file_list: Optional[List[str]]) -> int:
+    if not args.sweep or not args.sweep_dir:
+        raise DSLSweepError("a sweep needs both --sweep=FILE and --sweep_dir=DIR")
+    with warnings.catch_warnings():
+        # Ray 2.6.3 imports pkg_resources, whose deprecation warning means nothing to a user.
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        from recbole_dsl.tuning import run_sweep  # imports Ray, which single runs do not need
+
+    outcome = run_sweep(args.model, args.dataset, args.sweep, args.sweep_dir, config_file_list, args.ray_address)
+    return 0 if outcome.complete and outcome.best_config_file else 1
 
 
 if __name__ == "__main__":

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import re
+from pathlib import Path
 from typing import Any, Dict, List
 
 import yaml
 from recbole.config import Config
 from recbole.utils import ModelType
 
-from recbole_dsl.sparse import DISTRIBUTIONS, GROWTH_MODES
+from recbole_dsl.sparse import DISTRIBUTIONS
 from recbole_dsl.utils import PROPERTIES_DIR, DSLConfigError
 
 DSL_PROPERTIES_FILE = PROPERTIES_DIR / "dsl.yaml"
+# dense: every weight trains; rp: static random mask; mp: dense training, one-shot
+# magnitude pruning, fine-tuning; set: DSL's schedule with random growth; dsl: DSL.
+DSL_METHODS = ("dsl", "set", "rp", "mp", "dense")
 
 
 def _dsl_keys() -> List[str]:
@@ -26,9 +31,11 @@ def _dsl_keys() -> List[str]:
 
 
 class DSLConfig(Config):
-    """RecBole's :class:`~recbole.config.Config` plus ``properties/dsl.yaml``.
+    """RecBole's :class:`~recbole.config.Config` plus ``properties/dsl.yaml``,
+    ``properties/dataset/<dataset>.yaml`` and the ``<data_path>/<dataset>/<dataset>.yaml``
+    that ``recbole_dsl.prepare`` writes, in that order.
 
-    The DSL defaults are internal defaults, so user files, dicts and the command line
+    These are internal defaults, so user files, dicts and the command line
     override them as they override RecBole's own. Cross-entropy sequential models get
     ``train_neg_sample_args: None`` unless the user set it, since RecBole refuses them
     otherwise; the change is kept in :attr:`notes` for the log.
@@ -38,6 +45,13 @@ class DSLConfig(Config):
         self.notes: List[str] = []
         super().__init__(*args, **kwargs)
         validate_dsl_config(self)
+        if self["dsl_method"] == "dense" and self["sparsity"] != 0:
+            if "sparsity" in self.external_config_dict:
+                raise DSLConfigError(
+                    f"invalid sparsity={self['sparsity']!r} with dsl_method=dense: a dense model has sparsity 0; "
+                    "drop sparsity or choose another dsl_method"
+                )
+            self.final_config_dict["sparsity"] = 0.0
 
     def _init_parameters_category(self) -> None:
         super()._init_parameters_category()
@@ -46,6 +60,13 @@ class DSLConfig(Config):
     def _load_internal_config_dict(self, model, model_class, dataset) -> None:
         super()._load_internal_config_dict(model, model_class, dataset)
         self._update_internal_config_dict(DSL_PROPERTIES_FILE)
+        # The paper's protocol for the dataset's name, then what the files of a folder written
+        # by recbole_dsl.prepare hold (benchmark_filename, load_col), as RecBole adds dataset keys.
+        data_path = self.external_config_dict.get("data_path", self.internal_config_dict["data_path"])
+        for dataset_file in (PROPERTIES_DIR / "dataset" / f"{dataset}.yaml", Path(data_path) / dataset / f"{dataset}.yaml"):
+            if dataset_file.is_file():
+                keys = self._update_internal_config_dict(dataset_file) or {}
+                self.parameters["Dataset"] += [key for key in keys if key not in self.parameters["Dataset"]]
 
     def _set_default_parameters(self) -> None:
         final = self.final_config_dict
@@ -73,18 +94,22 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
     def fail(key: str, expected: str) -> None:
         raise DSLConfigError(f"invalid {key}={config[key]!r}: expected {expected}")
 
+    if config["dsl_method"] not in DSL_METHODS:
+        fail("dsl_method", ", ".join(DSL_METHODS[:-1]) + " or " + DSL_METHODS[-1])
     if not _is_number(config["sparsity"]) or not 0.0 <= config["sparsity"] < 1.0:
         fail("sparsity", "a number in [0, 1)")
-    if not isinstance(config["update_interval"], int) or isinstance(config["update_interval"], bool) or config["update_interval"] < 0:
-        fail("update_interval", "an integer >= 0 (0 keeps the initial mask)")
+    if not isinstance(config["update_interval"], int) or isinstance(config["update_interval"], bool) or config["update_interval"] < 1:
+        fail("update_interval", "an integer >= 1 (for a static random mask use dsl_method=rp)")
     if not _is_number(config["init_update_ratio"]) or not 0.0 < config["init_update_ratio"] <= 1.0:
         fail("init_update_ratio", "a number in (0, 1]")
     if not _is_number(config["min_update_ratio"]) or not 0.0 <= config["min_update_ratio"] <= config["init_update_ratio"]:
         fail("min_update_ratio", "a number in [0, init_update_ratio]")
     if not _is_number(config["update_end"]) or not 0.0 < config["update_end"] <= 1.0:
         fail("update_end", "a number in (0, 1]")
-    if config["growth"] not in GROWTH_MODES:
-        fail("growth", " or ".join(GROWTH_MODES))
+    if not _is_number(config["prune_epoch_fraction"]) or not 0.0 < config["prune_epoch_fraction"] < 1.0:
+        fail("prune_epoch_fraction", "a number in (0, 1)")
+    if config["dsl_method"] == "mp":
+        _check_validation_after_pruning(config)
     if config["sparsity_distribution"] not in DISTRIBUTIONS:
         fail("sparsity_distribution", " or ".join(DISTRIBUTIONS))
     if not isinstance(config["shared_budget"], bool):
@@ -98,6 +123,27 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
                 raise DSLConfigError(f"invalid sparse_params pattern {pattern!r}: {e}") from None
     elif selection not in ("all", "embeddings"):
         fail("sparse_params", "all, embeddings or a list of name patterns")
+    if not isinstance(config["cost_batches"], int) or isinstance(config["cost_batches"], bool) or config["cost_batches"] < 1:
+        fail("cost_batches", "an integer >= 1")
     for key in ("results_file", "resume_file"):
         if config[key] is not None and not isinstance(config[key], str):
             fail(key, "a file path")
+
+
+def mp_prune_epoch(epochs: int, prune_epoch_fraction: float) -> int:
+    """Number of dense epochs before MP prunes: round(fraction * epochs), at least 1."""
+    return max(1, math.floor(prune_epoch_fraction * epochs + 0.5))
+
+
+def _check_validation_after_pruning(config: Dict[str, Any]) -> None:
+    """MP's best checkpoint must be sparse, so some validation has to follow the prune."""
+    epochs, eval_step = config["epochs"], config["eval_step"]
+    if not isinstance(epochs, int) or not isinstance(eval_step, int) or eval_step <= 0:
+        return  # RecBole saves every epoch without validation, so the last one is kept
+    prune_epoch = mp_prune_epoch(epochs, config["prune_epoch_fraction"])
+    last_validation = epochs // min(eval_step, epochs) * min(eval_step, epochs)
+    if last_validation < prune_epoch:
+        raise DSLConfigError(
+            f"dsl_method=mp prunes after epoch {prune_epoch} of {epochs} but validates last after epoch "
+            f"{last_validation} (eval_step={eval_step}): lower prune_epoch_fraction or eval_step"
+        )

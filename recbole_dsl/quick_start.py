@@ -5,25 +5,39 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import urllib.error
+from contextlib import contextmanager
 from logging import getLogger
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
+import recbole
+import torch
+import yaml
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, init_logger, init_seed, set_color
 
 from recbole_dsl.config import DSLConfig
+from recbole_dsl.costs import format_costs, measure_costs
+from recbole_dsl.prepare import prepare_command
+from recbole_dsl.sparse.compact import save_compact
 from recbole_dsl.trainer import DSLTrainerMixin, create_trainer
 from recbole_dsl.utils import DSLConfigError, DSLDatasetError, DSLError
 
+# The dataset names RecBole downloads when their folder is missing, and how long a silent host may stall it.
+RECBOLE_URL_FILE = Path(recbole.__file__).parent / "properties" / "dataset" / "url.yaml"
+DOWNLOAD_TIMEOUT_S = 10
+
 DSL_SETTING_KEYS = (
+    "dsl_method",
     "sparsity",
     "update_interval",
     "init_update_ratio",
     "min_update_ratio",
     "update_end",
-    "growth",
+    "prune_epoch_fraction",
     "sparse_params",
     "sparsity_distribution",
     "shared_budget",
@@ -61,14 +75,30 @@ def _check_model_name(model: str) -> None:
 
 
 def load_dataset(config: DSLConfig):
-    """RecBole's ``create_dataset``, with a clear error when the dataset cannot be had."""
+    """RecBole's ``create_dataset``. A dataset neither in its folder nor downloadable ends
+    with one line naming the folder and the ``recbole_dsl.prepare`` command that fills it."""
+    name, folder = config["dataset"], config["data_path"]
+    prepare_hint = prepare_command(name, os.path.dirname(os.path.normpath(folder)))
+    if not os.path.isdir(folder):
+        if name not in _downloadable_datasets():
+            raise DSLDatasetError(
+                f"dataset [{name}] not found in {folder}, and RecBole cannot download it: prepare it with {prepare_hint}"
+            )
+        try:
+            with _recbole_download(folder):
+                return create_dataset(config)
+        except (urllib.error.URLError, TimeoutError) as e:
+            reason = getattr(e, "reason", e)
+            raise DSLDatasetError(
+                f"dataset [{name}] not found in {folder}, and its download failed ({reason}): prepare it with {prepare_hint}"
+            ) from None
+    parts = config["benchmark_filename"]
+    expected = [f"{name}.{part}.inter" for part in parts] if parts else [f"{name}.inter"]
+    missing = [file for file in expected if not os.path.isfile(os.path.join(folder, file))]
+    if missing:
+        raise DSLDatasetError(f"dataset [{name}] not found in {folder} (no {', '.join(missing)}): prepare it with {prepare_hint}")
     try:
         return create_dataset(config)
-    except urllib.error.URLError as e:
-        raise DSLDatasetError(
-            f"dataset [{config['dataset']}] is not in {config['data_path']} and could not be downloaded "
-            f"({e.reason}); put its atomic files there or pass --data_path=DIR"
-        ) from None
     except ValueError as e:
         if "exist" not in str(e):
             raise
@@ -78,18 +108,46 @@ def load_dataset(config: DSLConfig):
         ) from None
 
 
+def _downloadable_datasets() -> List[str]:
+    with open(RECBOLE_URL_FILE, encoding="utf-8") as f:
+        return list(yaml.safe_load(f))
+
+
+@contextmanager
+def _recbole_download(folder: str) -> Iterator[None]:
+    """Let RecBole download a dataset into ``folder`` (missing until then) without hanging or
+    crashing: sockets time out, RecBole's ``torch.distributed.barrier()`` after the download
+    is skipped when no process group exists (it raises without one), and a
+    folder a failed download left empty is removed, so the next run tries again."""
+    previous_timeout, barrier = socket.getdefaulttimeout(), torch.distributed.barrier
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    if not torch.distributed.is_initialized():
+        torch.distributed.barrier = lambda *args, **kwargs: None
+    try:
+        yield
+    except BaseException:
+        if os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+        raise
+    finally:
+        torch.distributed.barrier = barrier
+        socket.setdefaulttimeout(previous_timeout)
+
+
 def run_recbole_dsl(
     model: Optional[str] = None,
     dataset: Optional[str] = None,
     config_file_list: Optional[List[str]] = None,
     config_dict: Optional[Dict[str, Any]] = None,
     saved: bool = True,
+    callback_fn: Optional[Callable[[int, float], None]] = None,
 ) -> Dict[str, Any]:
     """Train ``model`` on ``dataset`` with DSL and evaluate it on the test split.
 
     Returns the run's summary (also written to ``results_file`` when that is set):
     model, dataset, DSL settings, best validation and test results, the final density and
-    every sparsified tensor's size and number of non-zeros.
+    every sparsified tensor's size and number of non-zeros. ``callback_fn(epoch_idx,
+    valid_score)`` is RecBole's ``Trainer.fit`` callback, called after every validation.
     """
     config = load_config(model, dataset, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -111,8 +169,10 @@ def run_recbole_dsl(
     trainer = create_trainer(config, model)
     if config["resume_file"]:
         trainer.resume_checkpoint(config["resume_file"])
+    # Only passed when set: RecBole's DecisionTreeTrainer.fit takes no callback_fn.
+    fit_kwargs = {"callback_fn": callback_fn} if callback_fn else {}
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"], **fit_kwargs
     )
     # A non-parametric model is fitted once and kept in memory; RecBole's own checkpoint
     # of it pickles scipy objects that torch >= 2.6 refuses to load by default.
@@ -132,15 +192,28 @@ def run_recbole_dsl(
         "final_density": None,
         "sparsified": {},
         "checkpoint": trainer.saved_model_file if saved and dsl_applied else None,
+        "compact_file": None,
+        "costs": None,
+        # RecBole's record of each epoch's training loss (tuples of losses summed).
+        "train_loss": [float(loss) for _, loss in sorted(trainer.train_loss_dict.items())],
     }
     if dsl_applied:
         result["sparsified"] = trainer.sparsity_summary()
         result["final_density"] = trainer.sparsity.overall_density()
+        if saved:
+            result["compact_file"] = compact_file_name(trainer.saved_model_file)
+            save_compact(result["compact_file"], trainer.model.state_dict(), trainer.sparsity.masks)
+        result["costs"] = measure_costs(trainer, train_data, test_data)
     _log_summary(logger, result)
     if config["results_file"]:
         write_results(config["results_file"], result)
         logger.info(set_color("results written to", "blue") + f": {config['results_file']}")
     return result
+
+
+def compact_file_name(checkpoint_file: str) -> str:
+    """The compact export sits next to the checkpoint: ``saved/BPR-<date>.safetensors``."""
+    return os.path.splitext(checkpoint_file)[0] + ".safetensors"
 
 
 def _plain(value: Any) -> Any:
@@ -160,6 +233,10 @@ def _log_summary(logger, result: Dict[str, Any]) -> None:
         for name, entry in result["sparsified"].items():
             lines.append(f"    {name:<45} {entry['nnz']:>10,d} / {entry['numel']:>10,d} = {entry['nnz'] / entry['numel']:.4f}")
         logger.info("\n".join(lines))
+    if result["costs"]:
+        logger.info(set_color("costs", "yellow") + "\n" + format_costs(result["costs"]))
+    if result["compact_file"]:
+        logger.info(set_color("compact model written to", "blue") + f": {result['compact_file']}")
 
 
 def write_results(path: str, result: Dict[str, Any]) -> None:

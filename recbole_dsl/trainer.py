@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from logging import getLogger
-from typing import Dict, Type
+from typing import Dict, List, Type
 
 import torch
 from recbole.trainer import AbstractTrainer
 from recbole.utils import ModelType, get_trainer, set_color
 from torch import nn
 
+from recbole_dsl.config import mp_prune_epoch
 from recbole_dsl.sparse import CosineUpdateSchedule, MaskManager, MaskUpdate, select_parameters
 from recbole_dsl.utils import DSLCheckpointError, DSLConfigError
 
@@ -41,17 +43,31 @@ def clear_cached_embeddings(model: nn.Module) -> None:
 
 
 class DSLTrainerMixin:
-    """Adds Dynamic Sparse Learning to a RecBole trainer class (put it first in the bases)."""
+    """Adds Dynamic Sparse Learning to a RecBole trainer class (put it first in the bases).
+
+    ``dsl_method`` picks how the masks behave: ``dsl`` (gradient growth), ``set`` (random
+    growth), ``rp`` (the initial random mask, never updated), ``mp`` (dense training,
+    one-shot magnitude pruning to the budget, fine-tuning with the mask fixed) or
+    ``dense`` (no mask). :attr:`dense_iterations` counts the optimizer iterations MP
+    trained with every weight active (0 for the other methods).
+    """
 
     sparsity: MaskManager
+    dense_iterations: int
 
     def _build_optimizer(self, **kwargs):
         optimizer = super()._build_optimizer(**kwargs)
         if not hasattr(self, "sparsity"):
             self._optimizers = []
             self._last_valid_result = None
+            self.epoch_seconds: List[float] = []
+            self.optimizer_steps = 0
+            self.gradient_growth_updates = 0
+            self.dense_iterations = 0
+            self._pruned = False
             self.sparsity = self._create_mask_manager()
         self._optimizers.append(optimizer)
+        optimizer.register_step_post_hook(self._count_step)
         self.sparsity.attach(optimizer)
         return optimizer
 
@@ -62,8 +78,10 @@ class DSLTrainerMixin:
             raise DSLConfigError(
                 f"sparse_params={config['sparse_params']!r} selects no trainable tensor of {config['model']}"
             )
+        method = config["dsl_method"]
         schedule = CosineUpdateSchedule(
-            update_interval=config["update_interval"],
+            # An interval of 0 never updates: rp keeps its random mask, mp its pruned one.
+            update_interval=config["update_interval"] if method in ("dsl", "set") else 0,
             init_update_ratio=config["init_update_ratio"],
             min_update_ratio=config["min_update_ratio"],
         )
@@ -72,11 +90,12 @@ class DSLTrainerMixin:
             names,
             density=1.0 - config["sparsity"],
             schedule=schedule,
-            growth=config["growth"],
+            growth="random" if method == "set" else "gradient",
             distribution=config["sparsity_distribution"],
             shared_budget=config["shared_budget"],
             seed=config["seed"] or 0,
             on_update=self._on_mask_update,
+            dense_start=method == "mp",
         )
         clear_cached_embeddings(self.model)
         self._log_selection(manager)
@@ -84,27 +103,39 @@ class DSLTrainerMixin:
 
     def _log_selection(self, manager: MaskManager) -> None:
         config = self.config
+        method = config["dsl_method"]
         if manager.is_dense:
             mode = "dense (sparsity 0): masks are all ones and never updated"
-        elif config["update_interval"] == 0:
-            mode = "static random mask (update_interval 0)"
+        elif method == "rp":
+            mode = "static random mask, never updated"
+        elif method == "mp":
+            mode = (
+                f"dense for {mp_prune_epoch(self.epochs, config['prune_epoch_fraction'])} of {self.epochs} epochs, "
+                "then magnitude pruning to the budget and fine-tuning with the mask fixed"
+            )
         else:
             mode = (
-                f"{config['growth']} growth every {config['update_interval']} iterations, "
+                f"{manager.growth} growth every {config['update_interval']} iterations, "
                 f"rho0 {config['init_update_ratio']}, rho_min {config['min_update_ratio']}"
             )
         budget = "one budget shared by all tensors" if config["shared_budget"] else "a budget per tensor"
         lines = [
             set_color("DSL", "pink")
-            + f": sparsity {config['sparsity']} over {len(manager.names)} tensors of {config['model']}, "
-            f"{config['sparsity_distribution']} distribution, {budget}; {mode}"
+            + f": method {method}, sparsity {config['sparsity']} over {len(manager.names)} tensors of "
+            f"{config['model']}, {config['sparsity_distribution']} distribution, {budget}; {mode}"
         ]
         for name, numel in manager.numel().items():
             shape = "x".join(str(s) for s in manager.masks[name].shape)
             lines.append(f"    {name:<45} {shape:>12}  {numel:>10,d} -> {manager.budgets[name]:>10,d} non-zero")
         self.logger.info("\n".join(lines))
 
+    def _count_step(self, optimizer, args, kwargs) -> None:
+        # Counted for every method, dense included, for the training cost figures.
+        self.optimizer_steps += 1
+
     def _on_mask_update(self, update: MaskUpdate) -> None:
+        if self.sparsity.growth == "gradient":
+            self.gradient_growth_updates += 1
         clear_cached_embeddings(self.model)
         self.logger.info(
             set_color("DSL mask update", "pink")
@@ -128,16 +159,43 @@ class DSLTrainerMixin:
             passes = getattr(self, "n_enc_epochs", 0) + getattr(self, "n_dec_epochs", 0) or 1
             schedule.end_iteration = max(1, math.ceil(fraction * self._total_epochs() * len(train_data) * passes))
         start = self.sparsity.iteration
+        started_at = time.perf_counter()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        self.epoch_seconds.append(time.perf_counter() - started_at)
         steps = self.sparsity.iteration - start
         if steps and not getattr(self, "_end_iteration_measured", False):
             schedule.end_iteration = max(1, math.ceil(fraction * self._total_epochs() * steps))
             self._end_iteration_measured = True
+        if self._in_dense_phase() and epoch_idx + 1 >= mp_prune_epoch(self._total_epochs(), self.config["prune_epoch_fraction"]):
+            self._prune_dense_model(epoch_idx)
         return loss
+
+    def _in_dense_phase(self) -> bool:
+        return self.config["dsl_method"] == "mp" and not self._pruned and not self.sparsity.is_dense
+
+    def _prune_dense_model(self, epoch_idx: int) -> None:
+        """MP's one-shot pruning. Validation restarts from scratch here, so RecBole's early
+        stopping and best checkpoint only ever compare models at the sparse budget."""
+        pruned = self.sparsity.prune_by_magnitude()
+        self._pruned = True
+        self.dense_iterations = self.sparsity.iteration
+        clear_cached_embeddings(self.model)
+        self.best_valid_score = -math.inf if self.valid_metric_bigger else math.inf
+        self.best_valid_result = None
+        self.cur_step = 0
+        self.logger.info(
+            set_color("DSL magnitude pruning", "pink")
+            + f" [epoch {epoch_idx}, after {self.dense_iterations:,d} dense iterations, pruned {pruned:,d}, "
+            f"density {self.sparsity.overall_density():.4f}]: fine-tuning with the mask fixed"
+        )
 
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
         self._last_valid_result = valid_result
+        if self._in_dense_phase():
+            # Every dense validation counts as an improvement: early stopping cannot end
+            # the run before MP prunes, and pruning resets the best score anyway.
+            self.best_valid_score = -math.inf if self.valid_metric_bigger else math.inf
         return valid_score, valid_result
 
     # ---------------------------------------------------------------- checkpoints
@@ -148,7 +206,11 @@ class DSLTrainerMixin:
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         state = {
-            "config": {"model": self.config["model"], "dataset": self.config["dataset"]},
+            "config": {
+                "model": self.config["model"],
+                "dataset": self.config["dataset"],
+                "dsl_method": self.config["dsl_method"],
+            },
             "epoch": epoch,
             "cur_step": self.cur_step,
             "best_valid_score": float(self.best_valid_score),
@@ -156,6 +218,12 @@ class DSLTrainerMixin:
             "state_dict": self.model.state_dict(),
             "optimizers": [optimizer.state_dict() for optimizer in self._optimizers],
             "sparsity": self.sparsity.state_dict(),
+            "pruned": self._pruned,
+            "dense_iterations": self.dense_iterations,
+            # What the cost figures count over the whole run, resumed or not.
+            "optimizer_steps": self.optimizer_steps,
+            "gradient_growth_updates": self.gradient_growth_updates,
+            "epoch_seconds": list(self.epoch_seconds),
         }
         torch.save(state, saved_model_file)
         if verbose:
@@ -184,12 +252,19 @@ class DSLTrainerMixin:
             raise DSLCheckpointError(
                 f"checkpoint {checkpoint_file} holds a {checkpoint['config'].get('model')} model, not {self.config['model']}"
             )
+        method = checkpoint["config"].get("dsl_method", "dsl")
+        if method != self.config["dsl_method"]:
+            raise DSLCheckpointError(
+                f"checkpoint {checkpoint_file} was trained with dsl_method={method}, not {self.config['dsl_method']}"
+            )
         try:
             self.model.load_state_dict(checkpoint["state_dict"])
             self.sparsity.load_state_dict(checkpoint["sparsity"])
         except (RuntimeError, KeyError, ValueError) as e:
             reason = str(e).strip().splitlines()[0]
             raise DSLCheckpointError(f"checkpoint {checkpoint_file} does not fit this model: {reason}") from None
+        self._pruned = bool(checkpoint.get("pruned", False))
+        self.dense_iterations = int(checkpoint.get("dense_iterations", 0))
         clear_cached_embeddings(self.model)
         return checkpoint
 
@@ -205,6 +280,9 @@ class DSLTrainerMixin:
             raise DSLCheckpointError(f"checkpoint {resume_file} holds {len(checkpoint['optimizers'])} optimizer states, expected {len(self._optimizers)}")
         for optimizer, optimizer_state in zip(self._optimizers, checkpoint["optimizers"]):
             optimizer.load_state_dict(optimizer_state)
+        self.optimizer_steps = int(checkpoint.get("optimizer_steps", 0))
+        self.gradient_growth_updates = int(checkpoint.get("gradient_growth_updates", 0))
+        self.epoch_seconds = [float(s) for s in checkpoint.get("epoch_seconds", [])]
         self._end_iteration_measured = True
         self.logger.info(
             f"Checkpoint loaded. Resume training from epoch {self.start_epoch} "

@@ -21,3 +21,7 @@ class DSLDatasetError(DSLError):
 
 class DSLCheckpointError(DSLError):
     """A checkpoint that cannot be read or does not fit the model."""
+
+
+class DSLSweepError(DSLError, ValueError):
+    """A sweep file, sweep directory or Ray cluster that a sweep cannot use."""

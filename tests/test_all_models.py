@@ -11,6 +11,7 @@ import recbole.model.sequential_recommender as sequential
 import torch
 from recbole.model.abstract_recommender import AbstractRecommender
 
+from recbole_dsl.sparse.compact import load_compact
 from recbole_dsl.quick_start import run_recbole_dsl
 from recbole_dsl.sparse import round_budget
 
@@ -112,4 +113,15 @@ def test_model_trains_with_dsl(model, tiny_data_path, tmp_path, caplog):
         assert torch.all(weight[~mask] == 0), f"{name} has non-zero pruned weights"
     if checkpoint["sparsity"]["iteration"] >= 2:  # exploration ran inside RecBole's loop
         assert "DSL mask update [iteration 2," in caplog.text
+
+    # Costs are counted from what the model ran, and the compact file holds the best model.
+    costs = result["costs"]
+    assert costs["inference_macs"] <= costs["inference_macs_dense"]
+    assert costs["train_macs"] <= costs["train_macs_dense"]
+    if model != "TransRec":  # scores by distances: sums and norms, no product of two tensors
+        assert costs["inference_macs"] > 0 and costs["train_macs"] > 0
+    assert costs["param_bytes_compact"] < costs["param_bytes_dense"]
+    compact = load_compact(result["compact_file"])
+    assert compact.keys() == checkpoint["state_dict"].keys()
+    assert all(torch.equal(compact[name], tensor.cpu()) for name, tensor in checkpoint["state_dict"].items())
 

@@ -35,6 +35,10 @@ def test_bpr_sparse_run_writes_results(tmp_path):
     assert result["final_density"] == pytest.approx(0.1, abs=1e-5)
     assert set(result["test_result"]) == {"recall@10", "mrr@10", "ndcg@10", "hit@10", "precision@10"}
     assert result["best_valid_result"]["mrr@10"] == result["best_valid_score"]
+    costs = result["costs"]
+    assert costs["inference_macs"] / costs["inference_macs_dense"] <= 0.15
+    assert costs["param_bytes_compact"] / costs["param_bytes_dense"] <= 0.15
+    assert (tmp_path / result["compact_file"]).stat().st_size == costs["param_bytes_compact"]
 
 
 @pytest.mark.slow
@@ -72,8 +76,12 @@ def test_dense_baseline_same_pipeline(tmp_path):
         ("--update_interval=2.5", "invalid update_interval=2.5"),
         ("--init_update_ratio=0", "invalid init_update_ratio=0"),
         ("--init_update_ratio=1.5", "invalid init_update_ratio=1.5"),
-        ("--growth=magic", "invalid growth='magic'"),
+        ("--update_interval=0", "invalid update_interval=0: expected an integer >= 1 (for a static random mask use dsl_method=rp)"),
+        ("--dsl_method=magic", "invalid dsl_method='magic': expected dsl, set, rp, mp or dense"),
+        ("--dsl_method=dense --sparsity=0.8", "invalid sparsity=0.8 with dsl_method=dense"),
+        ("--prune_epoch_fraction=1", "invalid prune_epoch_fraction=1"),
         ("--sparse_params=weights", "invalid sparse_params='weights'"),
+        ("--cost_batches=0", "invalid cost_batches=0: expected an integer >= 1"),
         ("--model=NoSuchModel", "unknown model [NoSuchModel]"),
         ("--dataset=no-such-dataset", "dataset [no-such-dataset] not found"),
         ("--config_files=missing.yaml", "config file missing.yaml does not exist"),
@@ -82,7 +90,7 @@ def test_dense_baseline_same_pipeline(tmp_path):
 )
 def test_bad_input_is_one_line(arg, message, monkeypatch, capsys):
     defaults = [d for d in ("--model=BPR", "--dataset=ml-100k") if not arg.startswith(d.split("=")[0] + "=")]
-    monkeypatch.setattr(sys, "argv", ["run_recbole_dsl.py", *defaults, arg, *FAST])
+    monkeypatch.setattr(sys, "argv", ["run_recbole_dsl.py", *defaults, *arg.split(), *FAST])
     assert run_recbole_dsl.main() == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err, err

@@ -42,6 +42,9 @@ def test_resume_keeps_masks_optimizer_and_schedule(tmp_path, caplog):
     second, train_data, _, _ = build("BPR", tmp_path, **settings)
     second.resume_checkpoint(first.saved_model_file)
     assert second.start_epoch == 2 and second.sparsity.iteration == 80
+    # The cost figures count the whole run: steps, growth updates and epochs before the resume.
+    assert (second.optimizer_steps, second.gradient_growth_updates) == (80, 2)
+    assert second.epoch_seconds == first.epoch_seconds and len(second.epoch_seconds) == 2
     for name in first.sparsity.names:
         assert torch.equal(second.sparsity.masks[name], first.sparsity.masks[name])
         assert torch.equal(second.model.get_parameter(name), first.model.get_parameter(name))
@@ -51,7 +54,8 @@ def test_resume_keeps_masks_optimizer_and_schedule(tmp_path, caplog):
 
     with caplog.at_level(logging.INFO):
         second.fit(train_data, None, saved=True)
-    assert second.sparsity.iteration == 160
+    assert second.sparsity.iteration == second.optimizer_steps == 160
+    assert second.gradient_growth_updates == 5 and len(second.epoch_seconds) == 4
     updates = updates_logged(caplog.text)
     assert [i for i, _ in updates] == [90, 120, 150]
     for iteration, ratio in updates:  # the schedule continues with T_end = 160 from the first run

@@ -102,6 +102,9 @@ class MaskManager:
     whose weights are ranked together; otherwise every tensor keeps its own budget.
     Tensors are looked up by name on every use, so a module that replaces a submodule
     keeps its masks.
+
+    With ``dense_start`` every weight stays active until :meth:`prune_by_magnitude`
+    cuts each group to its budget once (magnitude pruning of a dense model).
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class MaskManager:
         shared_budget: bool = False,
         seed: int = 0,
         on_update: Optional[Callable[[MaskUpdate], None]] = None,
+        dense_start: bool = False,
     ) -> None:
         if not 0.0 < density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {density}")
@@ -139,6 +143,9 @@ class MaskManager:
         self.groups: List[List[str]] = [self.names] if shared_budget else [[n] for n in self.names]
         self.masks: Dict[str, torch.Tensor] = {}
         for name, p in params.items():
+            if dense_start:
+                self.masks[name] = torch.ones_like(p, dtype=torch.bool)
+                continue
             mask = torch.zeros(p.numel(), dtype=torch.bool)
             mask[torch.randperm(p.numel(), generator=self._generator)[: self.budgets[name]]] = True
             self.masks[name] = mask.view(p.shape).to(p.device)
@@ -212,6 +219,32 @@ class MaskManager:
         if self.on_update is not None:
             self.on_update(MaskUpdate(self.iteration, update_ratio, exchanged, self.overall_density()))
         return exchanged
+
+    @torch.no_grad()
+    def prune_by_magnitude(self) -> int:
+        """Keep the budget's largest-magnitude active weights of every group, zero the
+        rest with fresh optimizer state; returns the number of weights pruned."""
+        pruned_total = 0
+        for names in self.groups:
+            params = [self.param(n) for n in names]
+            mask = torch.cat([self.masks[n].flatten() for n in names])
+            budget = sum(self.budgets[n] for n in names)
+            excess = int(mask.sum()) - budget
+            if excess <= 0:
+                continue
+            magnitude = torch.cat([p.detach().abs().flatten() for p in params]).masked_fill(~mask, math.inf)
+            pruned = torch.topk(magnitude, excess, largest=False).indices
+            mask[pruned] = False
+            offset = 0
+            for name, p in zip(names, params):
+                numel = p.numel()
+                local = pruned[(pruned >= offset) & (pruned < offset + numel)] - offset
+                self.masks[name] = mask[offset : offset + numel].view(p.shape).clone()
+                p.view(-1)[local] = 0.0
+                self._reset_optimizer_state(p, local)
+                offset += numel
+            pruned_total += excess
+        return pruned_total
 
     def _random_scores(self, n: int, device: torch.device) -> torch.Tensor:
         return torch.rand(n, generator=self._generator).to(device)

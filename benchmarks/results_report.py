@@ -1,0 +1,398 @@
+"""Figures (docs/figures/) and the results page (docs/results.md) drawn from the
+experiment CSVs in benchmarks/results/; only measured rows appear, and runs are only
+compared with runs of the same profile. Text under the page's ``## Discussion`` heading
+is written by hand and kept when the page is regenerated."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+METRIC = "ndcg@10"
+SPARSE_METHODS = ("rp", "mp", "set", "dsl")
+METHOD_NAMES = {
+    "dense": "dense",
+    "rp": "RP (static random mask)",
+    "mp": "MP (dense, prune, fine-tune)",
+    "set": "SET (random growth)",
+    "dsl": "DSL",
+}
+TARGETS = {0.8: 0.98, 0.9: 0.95}  # DSL's share of dense NDCG@10 to reach at these sparsities
+DISCUSSION = "## Discussion"
+COMMANDS = {
+    "quality": [
+        "python benchmarks/experiments.py quality --profile=quick",
+        "python benchmarks/experiments.py quality --profile=quick --models LightGCN --datasets gowalla",
+    ],
+    "sensitivity": ["python benchmarks/experiments.py sensitivity --profile=quick"],
+    "popularity": ["python benchmarks/experiments.py popularity --profile=quick"],
+    "convergence": ["python benchmarks/experiments.py convergence --profile=quick"],
+}
+
+
+def read_rows(path: Path) -> List[Dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [row for row in csv.DictReader(f) if not row.get("error")]
+
+
+def value(row: Dict[str, str], column: str) -> Optional[float]:
+    try:
+        number = float(row.get(column, ""))
+    except ValueError:
+        return None
+    return None if math.isnan(number) else number
+
+
+def mean(values: Sequence[float]) -> Optional[float]:
+    return statistics.fmean(values) if values else None
+
+
+def nan_if_none(number: Optional[float]) -> float:
+    return math.nan if number is None else number
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
+
+
+def fmt(number: Optional[float], digits: int = 4) -> str:
+    return "–" if number is None else f"{number:.{digits}f}"
+
+
+def last_per_key(rows: Iterable[Dict[str, str]], key: Sequence[str]) -> List[Dict[str, str]]:
+    """A configuration run twice counts once (its latest row)."""
+    latest: Dict[Tuple[str, ...], Dict[str, str]] = {}
+    for row in rows:
+        latest[tuple(row.get(c, "") for c in key)] = row
+    return list(latest.values())
+
+
+# ------------------------------------------------------------------------------ quality
+def quality_table(rows: List[Dict[str, str]], metric: str):
+    """{(model): {(method, sparsity): [metric per seed]}} for one profile and dataset."""
+    table: Dict[str, Dict[Tuple[str, float], List[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        score = value(row, metric)
+        if score is not None:
+            table[row["model"]][(row["method"], float(row["sparsity"]))].append(score)
+    return table
+
+
+def plot_quality(table, metric: str, title: str, png: Path) -> None:
+    models = sorted(table)
+    fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        cells = table[model]
+        sparsities = sorted({s for (m, s) in cells if m != "dense"})
+        positions = {s: i for i, s in enumerate(sparsities)}
+        for method in SPARSE_METHODS:
+            points = [(positions[s], statistics.fmean(v)) for (m, s), v in sorted(cells.items()) if m == method]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=METHOD_NAMES[method])
+        dense = cells.get(("dense", 0.0))
+        if dense:
+            ax.axhline(statistics.fmean(dense), color="black", linestyle="--", label="dense")
+        ax.set_xticks(range(len(sparsities)), [str(s) for s in sparsities])
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel(f"test {metric}")
+        ax.set_title(model)
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def quality_section(rows: List[Dict[str, str]], figures_dir: Path, written: List[Path]) -> List[str]:
+    lines = ["## 1. Quality against sparsity (Figure 2)", ""]
+    lines += [f"    {c}" for c in COMMANDS["quality"]] + [""]
+    if not rows:
+        return lines + ["Not run yet.", ""]
+    lines += [
+        f"Test {METRIC.upper()} (mean over seeds; the number of seeds in brackets when more than one) of",
+        "each method at the same budget. Dense trains every weight and is shown once.",
+        "",
+    ]
+    groups = defaultdict(list)
+    for row in last_per_key(rows, ("model", "dataset", "method", "sparsity", "seed", "profile")):
+        groups[(row["profile"], row["dataset"])].append(row)
+    for (profile, dataset), group in sorted(groups.items()):
+        metric = METRIC if any(value(r, METRIC) is not None for r in group) else next(
+            (c for c in group[0] if c.startswith("ndcg@")), METRIC)
+        table = quality_table(group, metric)
+        sparsities = sorted({float(r["sparsity"]) for r in group if r["method"] != "dense"})
+        epochs = sorted({r.get("epochs", "") for r in group})
+        lines += [f"### {dataset}, profile `{profile}` (configured epochs: {', '.join(epochs)})", ""]
+        lines.append("| model | method | dense | " + " | ".join(f"s = {s}" for s in sparsities) + " |")
+        lines.append("|---|---|---|" + "---|" * len(sparsities))
+        for model in sorted(table):
+            cells = table[model]
+            dense = cells.get(("dense", 0.0), [])
+            for method in SPARSE_METHODS:
+                if not any(m == method for m, _ in cells):
+                    continue
+                row_cells = [score_cell(cells.get((method, s), [])) for s in sparsities]
+                lines.append(f"| {model} | {method} | {score_cell(dense)} | " + " | ".join(row_cells) + " |")
+        lines.append("")
+        png = figures_dir / f"quality-{slug(dataset)}-{slug(profile)}.png"
+        plot_quality(table, metric, f"{dataset}, profile {profile}", png)
+        written.append(png)
+        lines += [f"![quality against sparsity, {dataset}, {profile}](figures/{png.name})", ""]
+        lines += target_lines(table, metric) + cost_lines(group)
+    return lines
+
+
+def score_cell(scores: List[float]) -> str:
+    if not scores:
+        return "–"
+    return fmt(statistics.fmean(scores)) + (f" ({len(scores)})" if len(scores) > 1 else "")
+
+
+def target_lines(table, metric: str) -> List[str]:
+    """DSL against dense at 0.8 and 0.9, and against every baseline at every sparsity."""
+    lines = [f"Targets: DSL's {metric} at s = 0.8 at least 98 % of dense, at s = 0.9 at least 95 %; at every",
+             "sparsity at least that of RP, SET and MP.", "",
+             "| model | " + " | ".join(f"DSL / dense at {s}" for s in TARGETS) + " | sparsities where a baseline beats DSL |",
+             "|---|" + "---|" * len(TARGETS) + "---|"]
+    for model in sorted(table):
+        cells = table[model]
+        dense = mean(cells.get(("dense", 0.0), []))
+        ratios = []
+        for sparsity, target in TARGETS.items():
+            dsl = mean(cells.get(("dsl", sparsity), []))
+            if dense and dsl is not None:
+                ratio = dsl / dense
+                ratios.append(f"{ratio:.1%} ({'met' if ratio >= target else f'{target - ratio:.1%} short'})")
+            else:
+                ratios.append("–")
+        beaten = []
+        for sparsity in sorted({s for (m, s) in cells if m == "dsl"}):
+            dsl = mean(cells[("dsl", sparsity)])
+            for method in ("rp", "set", "mp"):
+                other = mean(cells.get((method, sparsity), []))
+                if other is not None and other > dsl:
+                    beaten.append(f"{sparsity}: {method} by {other - dsl:.4f}")
+        lines.append(f"| {model} | " + " | ".join(ratios) + f" | {'; '.join(beaten) or 'none'} |")
+    return lines + [""]
+
+
+def cost_lines(rows: List[Dict[str, str]]) -> List[str]:
+    """Training and inference MACs of each run against the dense model's, where recorded."""
+    ratios = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        for kind in ("train", "inference"):
+            sparse, dense = value(row, f"{kind}_macs"), value(row, f"{kind}_macs_dense")
+            if sparse is not None and dense:
+                ratios[(row["model"], row["method"])][(kind, float(row["sparsity"]))].append(sparse / dense)
+    if not ratios:
+        return []
+    sparsities = sorted({s for cells in ratios.values() for (_, s) in cells if s > 0})
+    lines = ["Training MACs / inference MACs of each run relative to the dense model (MP's training counts",
+             "its dense phase):", "",
+             "| model | method | " + " | ".join(f"s = {s}" for s in sparsities) + " |",
+             "|---|---|" + "---|" * len(sparsities)]
+    for (model, method), cells in sorted(ratios.items()):
+        if method == "dense":
+            continue
+        row_cells = []
+        for s in sparsities:
+            train, inference = mean(cells.get(("train", s), [])), mean(cells.get(("inference", s), []))
+            row_cells.append("–" if train is None else f"{train:.3f} / {fmt(inference, 3)}")
+        lines.append(f"| {model} | {method} | " + " | ".join(row_cells) + " |")
+    return lines + [""]
+
+
+# ------------------------------------------------------------------------------ sensitivity
+def sensitivity_section(rows: List[Dict[str, str]], figures_dir: Path, written: List[Path]) -> List[str]:
+    lines = ["## 2. Sensitivity to ΔT and ρ0 (Figure 3)", ""]
+    lines += [f"    {c}" for c in COMMANDS["sensitivity"]] + [""]
+    if not rows:
+        return lines + ["Not run yet.", ""]
+    groups = defaultdict(list)
+    for row in last_per_key(rows, ("model", "dataset", "sparsity", "update_interval", "init_update_ratio", "seed", "profile")):
+        groups[(row["profile"], row["dataset"], row["model"])].append(row)
+    for (profile, dataset, model), group in sorted(groups.items()):
+        grid = defaultdict(list)
+        for row in group:
+            score = value(row, METRIC)
+            if score is not None:
+                grid[(float(row["sparsity"]), int(float(row["update_interval"])), float(row["init_update_ratio"]))].append(score)
+        sparsities = sorted({s for s, _, _ in grid})
+        intervals = sorted({i for _, i, _ in grid})
+        rhos = sorted({r for _, _, r in grid})
+        lines += [f"### {model} on {dataset}, profile `{profile}`: test {METRIC}", ""]
+        for s in sparsities:
+            lines += [f"s = {s}:", "", "| ΔT \\ ρ0 | " + " | ".join(str(r) for r in rhos) + " |",
+                      "|---|" + "---|" * len(rhos)]
+            for i in intervals:
+                lines.append(f"| {i} | " + " | ".join(fmt(mean(grid.get((s, i, r), []))) for r in rhos) + " |")
+            lines.append("")
+        png = figures_dir / f"sensitivity-{slug(model)}-{slug(dataset)}-{slug(profile)}.png"
+        fig, axes = plt.subplots(1, len(sparsities), figsize=(4 * len(sparsities), 3.4), squeeze=False)
+        for ax, s in zip(axes[0], sparsities):
+            matrix = [[nan_if_none(mean(grid.get((s, i, r), []))) for r in rhos] for i in intervals]
+            image = ax.imshow(matrix, cmap="viridis", aspect="auto")
+            ax.set_xticks(range(len(rhos)), [str(r) for r in rhos])
+            ax.set_yticks(range(len(intervals)), [str(i) for i in intervals])
+            ax.set_xlabel("ρ0")
+            ax.set_ylabel("ΔT")
+            ax.set_title(f"s = {s}")
+            for y, row_values in enumerate(matrix):
+                for x, v in enumerate(row_values):
+                    if not math.isnan(v):
+                        ax.text(x, y, f"{v:.3f}", ha="center", va="center", color="white", fontsize="small")
+            fig.colorbar(image, ax=ax)
+        fig.suptitle(f"{model} on {dataset}, profile {profile}: test {METRIC}")
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        written.append(png)
+        lines += [f"![sensitivity, {model}, {dataset}, {profile}](figures/{png.name})", ""]
+    return lines
+
+
+# ------------------------------------------------------------------------------ popularity
+def popularity_section(rows: List[Dict[str, str]], figures_dir: Path, written: List[Path]) -> List[str]:
+    lines = ["## 3. Density by popularity (Figure 4)", ""]
+    lines += [f"    {c}" for c in COMMANDS["popularity"]]
+    lines += ["    python -m recbole_dsl.analysis popularity --checkpoint=saved/X.pth --dataset=D --out=DIR  # any checkpoint", ""]
+    if not rows:
+        return lines + ["Not run yet.", ""]
+    lines += ["Users and items sorted by training interactions and cut into groups holding equal shares",
+              "of them (group 1 the least popular); density = non-zero share of the group's embedding rows.", ""]
+    runs = defaultdict(list)
+    for row in rows:
+        runs[(row["profile"], row["dataset"], row["model"])].append(row)
+    for (profile, dataset, model), group in sorted(runs.items()):
+        series = defaultdict(dict)
+        for row in group:
+            series[(row["method"], row["sparsity"], row["seed"], row["side"])][int(row["group"])] = value(row, "density")
+        n_groups = max(g for cells in series.values() for g in cells)
+        lines += [f"### {model} on {dataset}, profile `{profile}`", "",
+                  "| method | sparsity | seed | side | " + " | ".join(str(g) for g in range(1, n_groups + 1)) + " |",
+                  "|---|---|---|---|" + "---|" * n_groups]
+        for (method, sparsity, seed, side), cells in sorted(series.items()):
+            lines.append(f"| {method} | {sparsity} | {seed} | {side} | "
+                         + " | ".join(fmt(cells.get(g), 3) for g in range(1, n_groups + 1)) + " |")
+        lines.append("")
+        png = figures_dir / f"popularity-{slug(model)}-{slug(dataset)}-{slug(profile)}.png"
+        sides = [side for side in ("user", "item") if any(k[3] == side for k in series)]
+        fig, axes = plt.subplots(1, len(sides), figsize=(5.5 * len(sides), 3.4), squeeze=False)
+        for ax, side in zip(axes[0], sides):
+            keys = [k for k in sorted(series) if k[3] == side]
+            width = 0.8 / len(keys)
+            for index, key in enumerate(keys):
+                groups_ = sorted(series[key])
+                ax.bar([g - 0.4 + width * (index + 0.5) for g in groups_], [series[key][g] for g in groups_],
+                       width=width, label=f"{key[0]} s={key[1]} seed {key[2]}")
+            ax.set_xticks(range(1, n_groups + 1))
+            ax.set_xlabel(f"{side} popularity group (1 = least popular)")
+            ax.set_ylabel("density of embedding rows")
+            ax.legend(fontsize="small")
+        fig.suptitle(f"{model} on {dataset}, profile {profile}")
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        written.append(png)
+        lines += [f"![density by popularity, {model}, {dataset}, {profile}](figures/{png.name})", ""]
+    return lines
+
+
+# ------------------------------------------------------------------------------ convergence
+def convergence_label(row: Dict[str, str]) -> str:
+    if row["method"] == "dsl":
+        return f"DSL s={row['sparsity']} ρ0={row['init_update_ratio']} ΔT={row['update_interval']}"
+    return METHOD_NAMES[row["method"]] + ("" if row["method"] == "dense" else f" s={row['sparsity']}")
+
+
+def convergence_section(rows: List[Dict[str, str]], figures_dir: Path, written: List[Path]) -> List[str]:
+    lines = ["## 4. Convergence (Figure 5)", ""]
+    lines += [f"    {c}" for c in COMMANDS["convergence"]] + [""]
+    if not rows:
+        return lines + ["Not run yet.", ""]
+    groups = defaultdict(list)
+    key = ("model", "dataset", "method", "sparsity", "update_interval", "init_update_ratio", "seed", "profile")
+    for row in last_per_key(rows, key):
+        groups[(row["profile"], row["dataset"], row["model"])].append(row)
+    for (profile, dataset, model), group in sorted(groups.items()):
+        lines += [f"### {model} on {dataset}, profile `{profile}`", "",
+                  f"| run | seed | epochs trained | first loss | last loss | test {METRIC} |", "|---|---|---|---|---|---|"]
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for row in sorted(group, key=convergence_label):
+            losses = json.loads(row.get("train_loss") or "[]")
+            label = convergence_label(row)
+            lines.append(f"| {label} | {row['seed']} | {len(losses)} | {fmt(losses[0] if losses else None)} | "
+                         f"{fmt(losses[-1] if losses else None)} | {fmt(value(row, METRIC))} |")
+            ax.plot(range(len(losses)), losses, label=f"{label} (seed {row['seed']})",
+                    linestyle="--" if row["method"] != "dsl" else "-")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss (sum over batches)")
+        ax.set_title(f"{model} on {dataset}, profile {profile}")
+        ax.legend(fontsize="x-small")
+        fig.tight_layout()
+        png = figures_dir / f"convergence-{slug(model)}-{slug(dataset)}-{slug(profile)}.png"
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        written.append(png)
+        lines += ["", f"![training loss per epoch, {model}, {dataset}, {profile}](figures/{png.name})", ""]
+    return lines
+
+
+# ------------------------------------------------------------------------------ the page
+def write_report(results_dir: Path, figures_dir: Path, report: Path) -> List[Path]:
+    """Redraw every figure and rewrite the page; returns the files written."""
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    written: List[Path] = []
+    discussion = ""
+    if report.is_file():
+        text = report.read_text(encoding="utf-8")
+        if DISCUSSION in text:
+            discussion = text[text.index(DISCUSSION):]
+    lines = [
+        "# Results: DSL against dense and the baselines at the same budget",
+        "",
+        "This page is generated from the CSVs in `benchmarks/results/` by",
+        "`python benchmarks/experiments.py plot`; every number on it is a row of those files, made",
+        "by the command shown in its section. Runs are only compared with runs of the same",
+        "profile (`benchmarks/profiles/`); the quick profile trains far less than the paper, so",
+        "its numbers are not the paper's.",
+        "",
+        "Methods, all at the same parameter budget (`--dsl_method`): `dense` trains every weight;",
+        "`rp` keeps its initial random mask; `mp` trains dense, prunes once by magnitude and",
+        "fine-tunes; `set` grows at random on DSL's schedule; `dsl` is DSL. The datasets are",
+        "prepared first:",
+        "",
+        "    python -m recbole_dsl.prepare movielens ../shared/data/ml-1m --name=ml-1m --out=data",
+        "    python -m recbole_dsl.prepare lightgcn ../shared/data/gowalla --name=gowalla --out=data",
+        "",
+    ]
+    sections = (
+        (quality_section, "quality"),
+        (sensitivity_section, "sensitivity"),
+        (popularity_section, "popularity"),
+        (convergence_section, "convergence"),
+    )
+    for section, experiment in sections:
+        lines += section(read_rows(results_dir / f"{experiment}.csv"), figures_dir, written)
+    text = "\n".join(lines).rstrip() + "\n"
+    if discussion:
+        text += "\n" + discussion
+    report.write_text(text, encoding="utf-8")
+    written.append(report)
+    return written

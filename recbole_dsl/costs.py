@@ -1,0 +1,123 @@
+"""Cost figures of a finished DSL run: MACs of inference and of the whole training run,
+dense and sparse, the bytes of the model stored densely and in the compact format, and
+the measured epoch time and peak memory."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import resource
+from typing import Any, Dict, Mapping
+
+import torch
+from torch import nn
+
+from recbole_dsl.sparse.compact import encode
+from recbole_dsl.sparse.macs import MacCount, MacCounter
+from recbole_dsl.trainer import DSLTrainerMixin, clear_cached_embeddings
+
+
+def parameter_masks(trainer: DSLTrainerMixin) -> Dict[nn.Parameter, torch.Tensor]:
+    """Each sparsified parameter with its mask."""
+    return {trainer.sparsity.param(name): mask for name, mask in trainer.sparsity.masks.items()}
+
+
+def count_inference(trainer: DSLTrainerMixin, eval_data) -> MacCount:
+    """MACs of one evaluation pass as RecBole runs it (full sort over every evaluation
+    user, or the sampled candidates of a sampled protocol), cached embeddings rebuilt."""
+    clear_cached_embeddings(trainer.model)
+    with MacCounter(parameter_masks(trainer)) as counter:
+        trainer.evaluate(eval_data, load_best_model=False, show_progress=False)
+    clear_cached_embeddings(trainer.model)
+    return counter.count
+
+
+def count_training_step(trainer: DSLTrainerMixin, train_data, max_batches: int) -> MacCount:
+    """Average MACs of one training step over the first ``max_batches`` batches: the
+    model's loss as the trainer computes it, and the backward derived from it."""
+    model = trainer.model
+    loss_kwargs = {"encoder_flag": True} if "encoder_flag" in inspect.signature(model.calculate_loss).parameters else {}
+    # A forward pass in training mode moves batch-norm statistics: keep the trained ones.
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    model.train()
+    total, batches = MacCount(), 0
+    for interaction in train_data:
+        if batches == max_batches:
+            break
+        interaction = interaction.to(trainer.device)
+        with MacCounter(parameter_masks(trainer)) as counter:
+            model.calculate_loss(interaction, **loss_kwargs)
+        total, batches = total + counter.count, batches + 1
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(buffers[name])
+    clear_cached_embeddings(model)
+    return total.scaled(1 / max(batches, 1))
+
+
+def training_macs(trainer: DSLTrainerMixin, step: MacCount) -> Dict[str, int]:
+    """The whole run: sparse steps, the dense gradients of each gradient-growth update, and
+    the dense steps of a method that trains dense before pruning; against the same number
+    of dense steps."""
+    steps = trainer.optimizer_steps
+    dense_steps = trainer.dense_iterations
+    growth_extra = trainer.gradient_growth_updates * (step.growth_backward - step.backward)
+    sparse = (steps - dense_steps) * step.training_step + dense_steps * step.training_step_dense + growth_extra
+    return {"train_macs": sparse, "train_macs_dense": steps * step.training_step_dense}
+
+
+def storage_bytes(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Dict[str, int]:
+    """Bytes of the state dict stored densely and in the compact format, and non-zeros."""
+    state = model.state_dict()
+    params = dict(model.named_parameters())
+    return {
+        "param_bytes_dense": sum(t.numel() * t.element_size() for t in state.values()),
+        "param_bytes_compact": len(encode(state, masks)),
+        "params": sum(p.numel() for p in params.values()),
+        "nonzero_params": sum(int(masks[n].sum()) if n in masks else p.numel() for n, p in params.items()),
+    }
+
+
+def peak_memory_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure_costs(trainer: DSLTrainerMixin, train_data, eval_data) -> Dict[str, Any]:
+    """Every cost figure of a finished run, as plain numbers for the results JSON. Peak
+    memory is read first: it is the run's, not that of the counting."""
+    peak_rss_bytes = peak_memory_bytes()
+    inference = count_inference(trainer, eval_data)
+    step = count_training_step(trainer, train_data, trainer.config["cost_batches"])
+    seconds = trainer.epoch_seconds
+    return {
+        "inference_macs": inference.forward,
+        "inference_macs_dense": inference.forward_dense,
+        **training_macs(trainer, step),
+        **storage_bytes(trainer.model, trainer.sparsity.masks),
+        "optimizer_steps": trainer.optimizer_steps,
+        "gradient_growth_updates": trainer.gradient_growth_updates,
+        "epochs_trained": len(seconds),
+        "epoch_seconds": sum(seconds) / len(seconds) if seconds else math.nan,
+        "peak_rss_bytes": peak_rss_bytes,
+    }
+
+
+def format_costs(costs: Mapping[str, Any]) -> str:
+    """The cost figures as a short table for the log."""
+
+    def row(label: str, sparse: float, dense: float) -> str:
+        ratio = f"{sparse / dense:8.4f}" if dense else "       -"
+        return f"    {label:<18} {sparse:>16,.0f} {dense:>16,.0f} {ratio}"
+
+    lines = [
+        f"    {'':<18} {'this run':>16} {'dense':>16}    ratio",
+        row("inference MACs", costs["inference_macs"], costs["inference_macs_dense"]),
+        row("training MACs", costs["train_macs"], costs["train_macs_dense"]),
+        row("parameter bytes", costs["param_bytes_compact"], costs["param_bytes_dense"]),
+        row("non-zero params", costs["nonzero_params"], costs["params"]),
+        f"    epoch time {costs['epoch_seconds']:.2f} s (mean of {costs['epochs_trained']}), "
+        f"peak memory {costs['peak_rss_bytes'] / 2**20:,.0f} MiB",
+    ]
+    return "\n".join(lines)

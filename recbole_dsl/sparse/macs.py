@@ -1,0 +1,299 @@
+"""Multiply-accumulate counts of what a model really executes, dense and sparsity-aware.
+
+:class:`MacCounter` is a dispatch mode: every ATen operation a model runs passes through
+it, so any model is covered without a formula of its own. Products are counted twice:
+
+- **dense**: what dense kernels do, one MAC per scalar multiplication of a matrix,
+  batched, sparse-dense or element-wise product;
+- **sparse**: the same, leaving out every multiplication in which one factor is a
+  *structural zero*, an entry of a sparsified weight outside its mask, or a copy of one
+  (an embedding row gathered for a batch, a transposed or concatenated weight, ...).
+
+Structural zeros are followed through operations that move or scale data (views,
+transposes, gathers, concatenation, element-wise products, dropout); any other
+operation (an addition, a normalisation, a matrix product) yields dense values, so a
+graph model's activations are dense after its first propagation step.
+
+Backward MACs are derived from the forward products: for a product ``A·B`` the gradient
+of each factor that requires one costs the same multiplications as the forward product
+(every forward multiplication ``a·b`` reappears once in ``∂A`` and once in ``∂B``, and
+gradients of sparsified weights are needed only at active entries). At a
+gradient-growth update the gradients of sparsified weights are needed everywhere, which
+:attr:`MacCount.growth_backward` counts.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.flop_counter import conv_flop_count, flop_registry, sdpa_flop_count
+
+aten = torch.ops.aten
+
+
+@dataclass
+class MacCount:
+    """MACs of the operations run under one :class:`MacCounter`."""
+
+    forward: int = 0
+    forward_dense: int = 0
+    backward: int = 0
+    backward_dense: int = 0
+    growth_backward: int = 0
+
+    def __add__(self, other: "MacCount") -> "MacCount":
+        return MacCount(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
+
+    def scaled(self, factor: float) -> "MacCount":
+        return MacCount(*(round(getattr(self, f) * factor) for f in self.__dataclass_fields__))
+
+    @property
+    def training_step(self) -> int:
+        """Forward and backward of one sparse training step between mask updates."""
+        return self.forward + self.backward
+
+    @property
+    def training_step_dense(self) -> int:
+        return self.forward_dense + self.backward_dense
+
+
+# Operations whose output keeps the structural zeros of their input: the output's mask is
+# the operation applied to the input's mask (other floating operands replaced by ones).
+_MASK_PRESERVING = {
+    aten.t.default, aten.transpose.int, aten.permute.default, aten.view.default,
+    aten._unsafe_view.default, aten.reshape.default, aten.expand.default, aten.slice.Tensor,
+    aten.select.int, aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims,
+    aten.squeeze.default, aten.clone.default, aten._to_copy.default, aten.detach.default,
+    aten.alias.default, aten.lift_fresh.default, aten.embedding.default, aten.index_select.default,
+    aten.index.Tensor, aten.gather.default, aten.cat.default, aten.stack.default,
+    aten.repeat.default, aten.split.Tensor, aten.split_with_sizes.default, aten.unsafe_split.Tensor,
+    aten.unbind.int, aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar,
+    aten.neg.default, aten.relu.default, aten.tanh.default,
+}
+
+
+class MacCounter(TorchDispatchMode):
+    """Count the MACs of everything run inside ``with MacCounter(masks) as counter:``.
+
+    ``masks`` maps a sparsified parameter to its boolean mask (``True`` = active). Weights
+    without a mask are dense. ``counter.count`` holds the totals; ``counter.by_op`` the
+    dense forward MACs per ATen operation.
+    """
+
+    def __init__(self, masks: Mapping[torch.Tensor, torch.Tensor]) -> None:
+        super().__init__()
+        self._param_masks = {id(p): (p, m.bool()) for p, m in masks.items() if not bool(m.all())}
+        self._masks: Dict[int, Any] = {}
+        self.count = MacCount()
+        self.by_op: Dict[str, int] = {}
+
+    def __enter__(self) -> "MacCounter":
+        self._masks = {key: (weakref.ref(p), mask) for key, (p, mask) in self._param_masks.items()}
+        return super().__enter__()
+
+    def __exit__(self, *args: Any) -> None:
+        self._masks = {}
+        return super().__exit__(*args)
+
+    # ------------------------------------------------------------------ mask tracking
+    def mask_of(self, tensor: Any) -> Optional[torch.Tensor]:
+        """The structural mask of ``tensor``, or None when it has no structural zeros."""
+        entry = self._masks.get(id(tensor)) if torch.is_tensor(tensor) else None
+        return entry[1] if entry is not None and entry[0]() is tensor else None
+
+    def _track(self, tensor: torch.Tensor, mask: torch.Tensor) -> None:
+        # A weak reference: the mask is dropped with its tensor, so long evaluations
+        # don't keep every batch's masks alive.
+        if mask.shape == tensor.shape and not bool(mask.all()):
+            key = id(tensor)
+            self._masks[key] = (weakref.ref(tensor, lambda _, key=key: self._masks.pop(key, None)), mask)
+
+    def _propagate(self, func, args, kwargs, out) -> None:
+        if func is aten.native_dropout.default:
+            mask = self.mask_of(args[0])
+            if mask is not None:
+                self._track(out[0], mask)
+            return
+        if func not in _MASK_PRESERVING:
+            if func._schema.is_mutable and args and self.mask_of(args[0]) is not None:
+                del self._masks[id(args[0])]  # written in place: its zeros may be gone
+            return
+
+        def substitute(x: Any) -> Any:
+            if not torch.is_tensor(x) or not x.is_floating_point() or x.layout != torch.strided:
+                return x
+            mask = self.mask_of(x)
+            return mask.to(x.dtype) if mask is not None else torch.ones_like(x)
+
+        with torch.no_grad():
+            mask_out = func(*tree_map(substitute, args), **tree_map(substitute, kwargs))
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        masks = mask_out if isinstance(mask_out, (list, tuple)) else [mask_out]
+        for tensor, mask in zip(outs, masks):
+            if torch.is_tensor(tensor) and tensor.is_floating_point():
+                self._track(tensor, mask != 0)
+
+    # ------------------------------------------------------------------ counting
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if torch._C._current_autograd_node() is not None:
+            return out  # backward work is derived from the forward products
+        rule = _RULES.get(func) or (_registry_rule if func.overloadpacket in flop_registry else None)
+        if rule is not None:
+            self._count(rule, func, args, kwargs, out)
+        if any(self.mask_of(a) is not None for a in tree_flatten((args, kwargs))[0]):
+            self._propagate(func, args, kwargs, out)
+        return out
+
+    def _count(self, rule, func, args, kwargs, out) -> None:
+        name = func.overloadpacket.__name__
+        for index, (dense, sparse, operands) in enumerate(rule(self, func, args, kwargs, out)):
+            needs_grad = [x for x in operands if torch.is_tensor(x) and x.requires_grad]
+            self.by_op[name] = self.by_op.get(name, 0) + dense
+            self.count.forward_dense += dense
+            self.count.forward += sparse
+            self.count.backward_dense += dense * len(needs_grad)
+            self.count.backward += sparse * len(needs_grad)
+            for operand in needs_grad:
+                if self.mask_of(operand) is None:
+                    self.count.growth_backward += sparse
+                else:
+                    self.count.growth_backward += self._without_mask(rule, index, func, args, kwargs, out, operand)
+
+    def _without_mask(self, rule, index: int, func, args, kwargs, out, operand: torch.Tensor) -> int:
+        """Sparse count of product ``index`` if ``operand``'s structural zeros were not
+        exploited: a gradient-growth update needs the whole gradient of a sparse weight."""
+        saved = self._masks.pop(id(operand))
+        try:
+            return list(rule(self, func, args, kwargs, out))[index][1]
+        finally:
+            self._masks[id(operand)] = saved
+
+
+def _active_per_k(mask: Optional[torch.Tensor], shape: Sequence[int], reduce_dim: int) -> Any:
+    """Active entries along the non-contracted dimension, per contracted index."""
+    if mask is None:
+        return shape[reduce_dim]
+    return mask.sum(dim=reduce_dim, dtype=torch.int64)
+
+
+def _matmul_rule(counter: MacCounter, func, args, kwargs, out):
+    """mm / addmm / bmm / baddbmm: sum over the contracted index k of the active entries
+    of A's column k times the active entries of B's row k."""
+    a, b = (args[1], args[2]) if func in (aten.addmm.default, aten.baddbmm.default) else (args[0], args[1])
+    if a.layout == torch.sparse_coo:
+        yield from _sparse_dense_rule(counter, a, b)
+        return
+    dense = math.prod(a.shape) * b.shape[-1]
+    ma, mb = counter.mask_of(a), counter.mask_of(b)
+    if ma is None and mb is None:
+        sparse = dense
+    else:
+        per_k = _active_per_k(ma, a.shape, a.dim() - 2) * _active_per_k(mb, b.shape, b.dim() - 1)
+        sparse = int(per_k.sum()) if torch.is_tensor(per_k) else dense
+    yield dense, sparse, (a, b)
+
+
+def _sparse_addmm_rule(counter: MacCounter, func, args, kwargs, out):
+    yield from _sparse_dense_rule(counter, args[1], args[2])
+
+
+def _sparse_dense_rule(counter: MacCounter, s: torch.Tensor, d: torch.Tensor):
+    """Sparse (COO) matrix S times dense D: one MAC per stored entry of S and column of D;
+    with D structurally sparse, only D's active entries of the row S's entry selects."""
+    s = s if s.is_coalesced() else s.coalesce()
+    columns = s.indices()[1]
+    dense = columns.numel() * d.shape[1]
+    mask = counter.mask_of(d)
+    sparse = dense if mask is None else int(mask.sum(dim=1, dtype=torch.int64)[columns].sum())
+    yield dense, sparse, (s, d)
+
+
+def _vector_rule(counter: MacCounter, func, args, kwargs, out):
+    """mv (matrix times vector) and dot (vector times vector)."""
+    a, b = args[0], args[1]
+    dense = a.numel()
+    ma, mb = counter.mask_of(a), counter.mask_of(b)
+    sparse = dense if ma is None and mb is None else int(_both_active(a, ma, b, mb).sum())
+    yield dense, sparse, (a, b)
+
+
+def _both_active(a: torch.Tensor, ma, b: torch.Tensor, mb) -> torch.Tensor:
+    """Where both (broadcast) factors are active."""
+    full_a = ma if ma is not None else torch.ones(a.shape, dtype=torch.bool, device=a.device)
+    full_b = mb if mb is not None else torch.ones(b.shape, dtype=torch.bool, device=b.device)
+    return torch.logical_and(full_a, full_b)
+
+
+def _elementwise_rule(counter: MacCounter, func, args, kwargs, out):
+    """Element-wise product of two tensors: one MAC per output entry whose factors are
+    both active. Scaling by a number is not a product of tensors and is not counted."""
+    a, b = args[0], args[1]
+    if not (torch.is_tensor(a) and torch.is_tensor(b)) or a.numel() <= 1 or b.numel() <= 1:
+        return
+    if not (a.is_floating_point() and b.is_floating_point()):
+        return
+    dense = out.numel()
+    ma, mb = counter.mask_of(a), counter.mask_of(b)
+    sparse = dense if ma is None and mb is None else int(_both_active(a, ma, b, mb).sum())
+    yield dense, sparse, (a, b)
+
+
+def _density(mask: Optional[torch.Tensor]) -> float:
+    return 1.0 if mask is None else float(mask.float().mean())
+
+
+def _convolution_rule(counter: MacCounter, func, args, kwargs, out):
+    """Convolutions: torch's count of the dense products, scaled by the densities of the
+    input and the weight (exact for a sparse weight up to padding at the borders)."""
+    x, w, transposed = args[0], args[1], args[6]
+    dense = conv_flop_count(x.shape, w.shape, out.shape, transposed=transposed) // 2
+    sparse = round(dense * _density(counter.mask_of(x)) * _density(counter.mask_of(w)))
+    yield dense, sparse, (x, w)
+
+
+def _attention_rule(counter: MacCounter, func, args, kwargs, out):
+    """Fused scaled dot-product attention on CPU: torch's count of the products."""
+    q, k, v = args[0], args[1], args[2]
+    dense = sdpa_flop_count(q.shape, k.shape, v.shape) // 2
+    yield dense, dense, (q, k, v)
+
+
+def _rnn_layer_rule(counter: MacCounter, func, args, kwargs, out):
+    """Fused recurrent layer (LSTM on CPU): every time step multiplies the input and the
+    hidden state by the input-hidden and hidden-hidden weights."""
+    x, w_ih, w_hh = args[0], args[1], args[2]
+    steps = math.prod(x.shape[:-1])
+    for w in (w_ih, w_hh):
+        mask = counter.mask_of(w)
+        nnz = w.numel() if mask is None else int(mask.sum())
+        yield steps * w.numel(), steps * nnz, (w,)
+
+
+def _registry_rule(counter: MacCounter, func, args, kwargs, out):
+    """Any other product torch's FLOP counter knows: its count, halved to MACs."""
+    dense = int(flop_registry[func.overloadpacket](*args, **kwargs, out_val=out)) // 2
+    yield dense, dense, tuple(a for a in args if torch.is_tensor(a))
+
+
+_RULES = {
+    aten.mm.default: _matmul_rule,
+    aten.addmm.default: _matmul_rule,
+    aten.bmm.default: _matmul_rule,
+    aten.baddbmm.default: _matmul_rule,
+    aten._sparse_addmm.default: _sparse_addmm_rule,
+    aten.mv.default: _vector_rule,
+    aten.dot.default: _vector_rule,
+    aten.mul.Tensor: _elementwise_rule,
+    aten.mul_.Tensor: _elementwise_rule,
+    aten.convolution.default: _convolution_rule,
+    aten._scaled_dot_product_flash_attention_for_cpu.default: _attention_rule,
+    aten.mkldnn_rnn_layer.default: _rnn_layer_rule,
+}

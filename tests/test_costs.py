@@ -1,0 +1,185 @@
+"""MAC counting on products worked out by hand, the compact format, and the cost figures
+of a real run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_model, init_seed
+from safetensors.torch import save as save_safetensors
+
+from recbole_dsl.quick_start import load_config, run_recbole_dsl
+from recbole_dsl.sparse.compact import CompactFileError, decode, encode, load_compact, save_compact
+from recbole_dsl.sparse.macs import MacCounter
+
+
+def _mask(shape, density, seed):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < density
+
+
+def _product_count(ma: torch.Tensor, mb: torch.Tensor) -> int:
+    """Brute force: multiplications A[i,k]*B[k,j] with both factors active."""
+    m, k = ma.shape
+    n = mb.shape[1]
+    return sum(bool(ma[i, p]) and bool(mb[p, j]) for i, p, j in itertools.product(range(m), range(k), range(n)))
+
+
+def test_mf_scoring_counts_products_of_active_factors():
+    users, items = torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(5, 4))
+    mask_u, mask_i = _mask((6, 4), 0.5, 0), _mask((5, 4), 0.5, 1)
+    batch = torch.tensor([0, 3, 5])
+    with torch.no_grad(), MacCounter({users: mask_u, items: mask_i}) as counter:
+        torch.matmul(F.embedding(batch, users), items.t())
+    assert counter.count.forward_dense == 3 * 4 * 5
+    assert counter.count.forward == _product_count(mask_u[batch], mask_i.t())
+    assert 0 < counter.count.forward < counter.count.forward_dense
+
+
+def test_linear_layer_with_sparse_weight():
+    weight, bias = torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.zeros(3))
+    mask = _mask((3, 4), 0.5, 2)
+    x = torch.randn(8, 4)
+    with MacCounter({weight: mask}) as counter:
+        F.linear(x, weight, bias)
+    count = counter.count
+    assert (count.forward_dense, count.forward) == (8 * 12, 8 * int(mask.sum()))
+    # Only the weight needs a gradient: one backward product, at active entries only;
+    # a gradient-growth step needs the weight's whole gradient.
+    assert (count.backward_dense, count.backward, count.growth_backward) == (96, count.forward, 96)
+
+    with MacCounter({weight: mask}) as counter:
+        F.linear(x.requires_grad_(), weight, bias)
+    assert counter.count.backward == 2 * counter.count.forward
+
+
+def test_dense_model_counts_equal():
+    layer = torch.nn.Linear(4, 3)
+    with MacCounter({}) as counter:
+        layer(torch.randn(5, 4))
+    assert counter.count.forward == counter.count.forward_dense == 5 * 4 * 3
+
+
+def test_sparse_dense_product_follows_concatenated_embeddings():
+    """LightGCN's propagation: a graph times the concatenated user and item tables. The
+    first hop skips structural zeros; its output is dense, so the second hop does not."""
+    rows, cols = torch.tensor([0, 1, 1, 2, 4, 5]), torch.tensor([1, 2, 0, 5, 5, 3])
+    graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(6), (6, 6)).coalesce()
+    users, items = torch.nn.Parameter(torch.randn(2, 4)), torch.nn.Parameter(torch.randn(4, 4))
+    mask_u, mask_i = _mask((2, 4), 0.4, 3), _mask((4, 4), 0.4, 4)
+    with MacCounter({users: mask_u, items: mask_i}) as counter:
+        first = torch.sparse.mm(graph, torch.cat([users, items]))
+        torch.sparse.mm(graph, first)
+    active_per_row = torch.cat([mask_u, mask_i]).sum(dim=1)
+    assert counter.count.forward_dense == 2 * 6 * 4
+    assert counter.count.forward == int(active_per_row[cols].sum()) + 6 * 4
+
+
+def test_elementwise_product_of_gathered_rows():
+    """BPR's score: the element-wise product of a user's and an item's rows."""
+    users, items = torch.nn.Parameter(torch.randn(4, 8)), torch.nn.Parameter(torch.randn(4, 8))
+    mask_u, mask_i = _mask((4, 8), 0.5, 5), _mask((4, 8), 0.5, 6)
+    u, i = torch.tensor([0, 2, 3]), torch.tensor([1, 1, 2])
+    with MacCounter({users: mask_u, items: mask_i}) as counter:
+        torch.mul(F.embedding(u, users), F.embedding(i, items)).sum(dim=1)
+    assert counter.count.forward_dense == 3 * 8
+    assert counter.count.forward == int((mask_u[u] & mask_i[i]).sum())
+    assert counter.count.backward == 2 * counter.count.forward
+
+
+def test_scaling_and_addition_do_not_count_as_products():
+    weight = torch.nn.Parameter(torch.randn(3, 3))
+    with MacCounter({weight: _mask((3, 3), 0.5, 7)}) as counter:
+        (weight * 2.0 + 1.0).sum()
+    assert counter.count.forward_dense == 0
+
+
+# ---------------------------------------------------------------- compact format
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.03, 0.1, 0.5, 0.97, 1.0])
+def test_compact_round_trip_and_size_bound(density):
+    mask = _mask((500, 64), density, 8)
+    state = {"table": torch.randn(500, 64) * mask, "bias": torch.randn(7)}
+    data = encode(state, {"table": mask})
+    restored = decode(data)
+    assert set(restored) == {"table", "bias"}
+    assert torch.equal(restored["table"], state["table"]) and torch.equal(restored["bias"], state["bias"])
+    header = 8 + int.from_bytes(data[:8], "little")
+    payload = len(data) - header
+    # (density + 1/32) of the table's fp32 size: 4 bytes per active value, 1 bit per entry.
+    assert payload <= int(mask.sum()) * 4 + 500 * 64 // 8 + 7 * 4
+    assert header < 1024
+
+
+def test_compact_file_refuses_damaged_files(tmp_path):
+    mask = _mask((50, 8), 0.2, 9)
+    path = tmp_path / "model.safetensors"
+    save_compact(str(path), {"w": torch.randn(50, 8) * mask}, {"w": mask})
+    data = path.read_bytes()
+
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CompactFileError, match="not a valid recbole-dsl compact file"):
+        load_compact(str(truncated))
+    with pytest.raises(CompactFileError, match="not a valid"):
+        decode(b"\x00" * 64)
+    with pytest.raises(CompactFileError, match="format None"):
+        decode(save_safetensors({"w": torch.zeros(2)}))
+    with pytest.raises(CompactFileError, match="cannot read compact file"):
+        load_compact(str(tmp_path / "missing.safetensors"))
+
+    tampered = bytearray(data)
+    header_size = int.from_bytes(data[:8], "little")
+    header = data[8 : 8 + header_size].replace(b'[50, 8]', b'[60, 8]')
+    assert len(header) == header_size
+    tampered[8 : 8 + header_size] = header
+    with pytest.raises(CompactFileError, match="bitmap holds"):
+        decode(bytes(tampered))
+
+
+# ---------------------------------------------------------------- a real run
+def _scores(model, dataset, users):
+    from recbole.data.interaction import Interaction
+
+    model.eval()
+    with torch.no_grad():
+        return model.full_sort_predict(Interaction({dataset.uid_field: users}))
+
+
+def test_run_reports_costs_and_writes_a_compact_model(tiny_data_path):
+    settings = {
+        "data_path": tiny_data_path, "epochs": 2, "show_progress": False, "sparsity": 0.9,
+        "update_interval": 3, "cost_batches": 3, "results_file": "bpr.json",
+    }
+    result = run_recbole_dsl("BPR", "tiny", config_dict=settings)
+    costs = result["costs"]
+    assert json.load(open("bpr.json"))["costs"] == costs
+    assert costs["inference_macs"] / costs["inference_macs_dense"] <= 0.15
+    assert costs["train_macs"] < costs["train_macs_dense"]
+    assert costs["param_bytes_compact"] / costs["param_bytes_dense"] <= 0.15
+    assert costs["nonzero_params"] == sum(entry["nnz"] for entry in result["sparsified"].values())
+    assert costs["optimizer_steps"] > 0 and costs["gradient_growth_updates"] >= 1
+    assert costs["epochs_trained"] == 2 and costs["epoch_seconds"] > 0 and costs["peak_rss_bytes"] > 0
+
+    config = load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path})
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, _, _ = data_preparation(config, dataset)
+    trained = get_model("BPR")(config, train_data._dataset)
+    trained.load_state_dict(torch.load(result["checkpoint"], weights_only=True)["state_dict"])
+    compact = get_model("BPR")(config, train_data._dataset)
+    compact.load_state_dict(load_compact(result["compact_file"]))
+    users = torch.arange(1, dataset.user_num)
+    assert torch.equal(_scores(trained, dataset, users), _scores(compact, dataset, users))
+    assert costs["param_bytes_compact"] == len(open(result["compact_file"], "rb").read())
+
+
+def test_dense_run_costs_equal_their_dense_figures(tiny_data_path):
+    settings = {"data_path": tiny_data_path, "epochs": 1, "show_progress": False, "sparsity": 0.0, "cost_batches": 2}
+    costs = run_recbole_dsl("LightGCN", "tiny", config_dict=settings, saved=False)["costs"]
+    assert costs["inference_macs"] == costs["inference_macs_dense"] > 0
+    assert costs["train_macs"] == costs["train_macs_dense"] > 0
+    assert costs["gradient_growth_updates"] == 0

@@ -1,0 +1,209 @@
+"""The experiment harness (benchmarks/experiments.py) on a tiny configuration, and the
+popularity analysis (recbole_dsl.analysis)."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_dsl.analysis import group_density, main as analysis_main, popularity_groups
+from recbole_dsl.quick_start import run_recbole_dsl
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_PROFILE = """
+seeds: [2020]
+settings:
+  epochs: 2
+  update_interval: 1
+  topk: [10]
+  valid_metric: NDCG@10
+  show_progress: False
+experiments:
+  convergence: {stopping_step: 1000}
+"""
+
+
+def harness(*args, cwd):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "experiments.py"), *args],
+        cwd=cwd, capture_output=True, text=True, timeout=900,
+    )
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture()
+def tiny_args(tiny_data_path, tmp_path):
+    """The harness's options for runs on the tiny dataset under a 2-epoch profile."""
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(TINY_PROFILE)
+
+    def args(model="BPR"):
+        return [f"--profile={profile}", "--models", model, "--datasets", "tiny", f"--data_path={tiny_data_path}",
+                f"--results_dir={tmp_path / 'results'}", f"--work_dir={tmp_path / 'runs'}"]
+
+    return args
+
+
+# ------------------------------------------------------------------------------ analysis
+def test_popularity_groups_hold_equal_interaction_mass():
+    counts = np.array([10] * 9 + [1] * 10)  # 100 interactions: ten 1s, then nine 10s
+    groups = popularity_groups(counts, 10)
+    assert groups.tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9] + [0] * 10
+    mass = np.bincount(groups, weights=counts, minlength=10)
+    assert mass.tolist() == [10.0] * 10
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 50, size=1000)
+    groups = popularity_groups(counts, 10)
+    mass = np.bincount(groups, weights=counts, minlength=10)
+    assert np.all(np.abs(mass - counts.sum() / 10) <= counts.max())  # each cut is off by less than one entity
+    for g in range(9):  # groups are ordered: every member of a group is at most as popular as the next's
+        assert counts[groups == g].max() <= counts[groups == g + 1].min()
+
+
+def test_group_density_counts_the_masked_embedding_rows():
+    counts = np.array([1, 1, 2, 4])  # 8 interactions in 3 groups: cuts nearest 8/3 and 16/3 give {0, 1}, {2}, {3}
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    rows = group_density(counts, mask.sum(dim=1).numpy(), 4, "item", n_groups=3)
+    assert [(r["group"], r["entities"], r["interactions"], r["nnz"], r["numel"]) for r in rows] == [
+        (1, 2, 2, 3, 8), (2, 1, 2, 3, 4), (3, 1, 4, 4, 4),
+    ]
+    assert [r["density"] for r in rows] == [3 / 8, 3 / 4, 1.0]
+
+
+@pytest.mark.slow
+def test_popularity_command_on_a_trained_checkpoint(tiny_data_path, tmp_path, capsys):
+    settings = {"data_path": tiny_data_path, "epochs": 1, "sparsity": 0.8, "show_progress": False, "state": "ERROR",
+                "checkpoint_dir": str(tmp_path / "saved")}
+    result = run_recbole_dsl("BPR", "tiny", config_dict=settings)
+    code = analysis_main(["popularity", f"--checkpoint={result['checkpoint']}", f"--data_path={tiny_data_path}",
+                          f"--out={tmp_path / 'out'}", "--dataset=tiny"])
+    assert code == 0, capsys.readouterr().err
+    rows = read_csv(tmp_path / "out" / "popularity.csv")
+    assert (tmp_path / "out" / "popularity.png").stat().st_size > 0
+    assert [(r["side"], int(r["group"])) for r in rows] == [("user", g) for g in range(1, 11)] + [("item", g) for g in range(1, 11)]
+    masks = torch.load(result["checkpoint"], weights_only=True)["sparsity"]["masks"]
+    for side, users_or_items in (("user", 100), ("item", 400)):
+        side_rows = [r for r in rows if r["side"] == side]
+        table = masks[f"{side}_embedding.weight"]
+        assert sum(int(r["entities"]) for r in side_rows) == users_or_items  # every id but RecBole's padding 0
+        assert sum(int(r["nnz"]) for r in side_rows) == int(table[1:].sum())
+        assert sum(int(r["numel"]) for r in side_rows) == table[1:].numel()
+    # the training split (80 % of the 6,324 interactions per user, rounded per user)
+    interactions = sum(int(r["interactions"]) for r in rows if r["side"] == "user")
+    assert interactions == sum(int(r["interactions"]) for r in rows if r["side"] == "item")
+    assert 0.78 * 6324 < interactions < 0.82 * 6324
+
+    assert analysis_main(["popularity", f"--checkpoint={tmp_path / 'missing.pth'}", f"--out={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: checkpoint {tmp_path / 'missing.pth'} does not exist"
+
+
+# ------------------------------------------------------------------------------ harness
+@pytest.mark.slow
+def test_quality_runs_every_method_appends_rows_and_resumes(tiny_args, tmp_path):
+    out = harness("quality", *tiny_args(), "--sparsities", "0.8", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    csv_file = tmp_path / "results" / "quality.csv"
+    rows = read_csv(csv_file)
+    assert [(r["method"], r["sparsity"]) for r in rows] == [("dense", "0.0")] + [(m, "0.8") for m in ("rp", "mp", "set", "dsl")]
+    for row in rows:
+        assert row["model"] == "BPR" and row["dataset"] == "tiny" and row["seed"] == "2020" and row["profile"] == "tiny"
+        assert row["error"] == "" and row["epochs"] == "2" and row["epochs_trained"] == "2"
+        assert 0 <= float(row["ndcg@10"]) <= 1 and row["valid_metric"] == "ndcg@10"
+        assert float(row["wall_seconds"]) > 0
+        density = float(row["final_density"])
+        assert density == 1.0 if row["method"] == "dense" else density == pytest.approx(0.2, abs=1e-4)
+        if "train_macs" in row:  # cost figures, flattened, when the run reports them
+            assert int(row["train_macs"]) <= int(row["train_macs_dense"])
+
+    before = csv_file.read_text()
+    again = harness("quality", *tiny_args(), "--sparsities", "0.8", cwd=tmp_path)
+    assert again.returncode == 0 and "5 already in" in again.stdout and "0 to run" in again.stdout
+    assert csv_file.read_text() == before
+
+    failing = harness("quality", *tiny_args("NoSuchModel"), "--methods", "dsl", "--sparsities", "0.8", cwd=tmp_path)
+    assert failing.returncode == 1 and "FAILED" in failing.stdout
+    failed = read_csv(csv_file)[-1]
+    assert failed["model"] == "NoSuchModel" and failed["error"].startswith("exit status 2: unknown model [NoSuchModel]")
+    assert len(read_csv(csv_file)) == 6
+
+
+@pytest.mark.slow
+def test_convergence_and_popularity_experiments_and_plots(tiny_args, tmp_path):
+    out = harness("convergence", *tiny_args(), "--sparsity=0.8", "--init_update_ratios", "0.5",
+                  "--update_intervals", "2", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = read_csv(tmp_path / "results" / "convergence.csv")
+    assert [(r["method"], r["update_interval"], r["init_update_ratio"]) for r in rows] == [
+        ("dense", "", ""), ("rp", "", ""), ("dsl", "2", "0.5")]
+    for row in rows:
+        losses = json.loads(row["train_loss"])
+        assert len(losses) == 2 and all(loss > 0 for loss in losses)
+
+    out = harness("popularity", *tiny_args(), "--sparsities", "0.8", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = read_csv(tmp_path / "results" / "popularity.csv")
+    assert len(rows) == 20 and {r["method"] for r in rows} == {"dsl"} and {r["side"] for r in rows} == {"user", "item"}
+    assert sum(int(r["entities"]) for r in rows) == 100 + 400
+
+    report = tmp_path / "results.md"
+    report.write_text("# old\n\n## Discussion\n\nWritten by hand.\n")
+    out = harness("plot", f"--results_dir={tmp_path / 'results'}", f"--figures_dir={tmp_path / 'figures'}",
+                  f"--report={report}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert figures == ["convergence-BPR-tiny-tiny.png", "popularity-BPR-tiny-tiny.png"]
+    text = report.read_text()
+    assert "## 1. Quality against sparsity (Figure 2)" in text and "Not run yet." in text
+    dsl = next(r for r in read_csv(tmp_path / "results" / "convergence.csv") if r["method"] == "dsl")
+    assert f"| DSL s=0.8 ρ0=0.5 ΔT=2 | 2020 | 2 | {json.loads(dsl['train_loss'])[0]:.4f} |" in text
+    assert text.endswith("## Discussion\n\nWritten by hand.\n")  # kept across regenerations
+
+
+@pytest.mark.slow
+def test_sensitivity_goes_through_the_sweep_command(tiny_args, tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        "search_space:\n  sparsity: {grid: [0.8]}\n  update_interval: {grid: [1, 3]}\n"
+        "  init_update_ratio: {grid: [0.5]}\nmetric: ndcg@10\n"
+    )
+    out = harness("sensitivity", *tiny_args(), f"--sweep={sweep}", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    csv_file = tmp_path / "results" / "sensitivity.csv"
+    rows = read_csv(csv_file)
+    assert [(r["method"], r["sparsity"], r["update_interval"], r["init_update_ratio"], r["status"]) for r in rows] == [
+        ("dsl", "0.8", "1", "0.5", "TERMINATED"), ("dsl", "0.8", "3", "0.5", "TERMINATED")]
+    trials = read_csv(tmp_path / "runs" / "sensitivity" / "tiny" / "BPR-tiny-seed2020" / "sweep" / "results.csv")
+    for row, trial in zip(rows, trials):
+        assert row["ndcg@10"] == trial["test.ndcg@10"] and row["trial_id"] == trial["trial_id"]
+        assert row["profile"] == "tiny" and row["epochs"] == "2" and row["error"] == ""
+        assert float(row["final_density"]) == pytest.approx(0.2, abs=1e-4)
+
+    again = harness("sensitivity", *tiny_args(), f"--sweep={sweep}", cwd=tmp_path)
+    assert again.returncode == 0 and "2 trials, 0 new rows" in again.stdout
+    assert len(read_csv(csv_file)) == 2
+
+    out = harness("plot", f"--results_dir={tmp_path / 'results'}", f"--figures_dir={tmp_path / 'figures'}",
+                  f"--report={tmp_path / 'results.md'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "figures" / "sensitivity-BPR-tiny-tiny.png").is_file()
+    assert f"| 3 | {float(rows[1]['ndcg@10']):.4f} |" in (tmp_path / "results.md").read_text()
+
+
+def test_missing_dataset_names_the_prepare_command(tmp_path):
+    out = harness("quality", "--datasets", "ml-1m", f"--data_path={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"error: dataset ml-1m not found in {tmp_path / 'ml-1m'}: prepare it with "
+        f"`python -m recbole_dsl.prepare movielens ../shared/data/ml-1m --name=ml-1m --out={tmp_path}` or pass --data_path"
+    )

@@ -1,0 +1,219 @@
+"""The methods compared at one budget (dense, rp, mp, set, dsl): one trainer, chosen by
+``dsl_method``, trained on a slice of ml-100k."""
+
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.trainer import Trainer
+from recbole.utils import get_model, init_seed
+from torch import nn
+
+from recbole_dsl.quick_start import load_config
+from recbole_dsl.sparse import CosineUpdateSchedule, MaskManager, round_budget
+from recbole_dsl.trainer import create_trainer
+from recbole_dsl.utils import DSLCheckpointError, DSLConfigError
+
+SPARSITY = 0.8
+
+
+def build(tiny_data_path, tmp_path, **overrides):
+    if overrides.get("dsl_method") != "dense":
+        overrides.setdefault("sparsity", SPARSITY)
+    config = load_config(
+        "BPR", "tiny",
+        config_dict={
+            "data_path": tiny_data_path, "show_progress": False, "state": "ERROR",
+            "checkpoint_dir": str(tmp_path / "saved"), **overrides,
+        },
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    model = get_model("BPR")(config, train_data._dataset)
+    return create_trainer(config, model), train_data, valid_data
+
+
+def masks(trainer):
+    return {name: mask.clone() for name, mask in trainer.sparsity.masks.items()}
+
+
+def assert_exact_budget(trainer, density):
+    for name, mask in trainer.sparsity.masks.items():
+        assert int(mask.sum()) == round_budget(density, mask.numel()), name
+        assert torch.all(trainer.model.get_parameter(name)[~mask] == 0), name
+
+
+# ---------------------------------------------------------------- the core's one-shot prune
+def test_prune_by_magnitude_keeps_largest_weights_and_resets_optimizer_state():
+    module = nn.Module()
+    module.w = nn.Parameter(torch.tensor([[0.9, -0.1, 0.4, -0.6], [0.05, 0.3, -0.8, 0.2]]))
+    manager = MaskManager(module, ["w"], 0.5, CosineUpdateSchedule(0, 0.5, 0.0, 10), dense_start=True)
+    assert manager.masks["w"].all() and manager.budgets == {"w": 4}
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.01)
+    manager.attach(optimizer)
+    module.w.grad = torch.ones(2, 4)
+    optimizer.step()  # the dense phase: every weight moves, every entry gets Adam state
+    assert torch.all(module.w != 0) and torch.all(optimizer.state[module.w]["exp_avg"] != 0)
+
+    assert manager.prune_by_magnitude() == 4
+    # after the step |w| is 0.89 0.11 0.39 0.61 / 0.04 0.29 0.81 0.19: the four largest stay
+    assert manager.masks["w"].tolist() == [[True, False, True, True], [False, False, True, False]]
+    assert manager.nnz() == {"w": 4}
+    assert torch.all(module.w[~manager.masks["w"]] == 0)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.all(optimizer.state[module.w][key][~manager.masks["w"]] == 0)
+        assert torch.all(optimizer.state[module.w][key][manager.masks["w"]] != 0)
+    assert manager.prune_by_magnitude() == 0  # already at the budget
+
+
+def test_prune_by_magnitude_ranks_a_shared_budget_across_tensors():
+    module = nn.Module()
+    module.a = nn.Parameter(torch.full((10,), 0.01))
+    module.b = nn.Parameter(torch.full((10,), 5.0))
+    manager = MaskManager(module, ["a", "b"], 0.5, CosineUpdateSchedule(0, 0.5), shared_budget=True, dense_start=True)
+    assert manager.prune_by_magnitude() == 10
+    assert manager.nnz() == {"a": 0, "b": 10}
+
+
+# ---------------------------------------------------------------- configuration
+def test_method_settings_are_checked(tiny_data_path):
+    def config(**overrides):
+        return load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, **overrides})
+
+    assert config(dsl_method="dense")["sparsity"] == 0.0  # the default 0.9 does not apply
+    with pytest.raises(DSLConfigError, match=r"invalid sparsity=0.5 with dsl_method=dense"):
+        config(dsl_method="dense", sparsity=0.5)
+    with pytest.raises(DSLConfigError, match=r"invalid update_interval=0: .*use dsl_method=rp"):
+        config(update_interval=0)
+    with pytest.raises(DSLConfigError, match=r"invalid dsl_method='RigL': expected dsl, set, rp, mp or dense"):
+        config(dsl_method="RigL")
+    with pytest.raises(DSLConfigError, match=r"invalid prune_epoch_fraction=0"):
+        config(dsl_method="mp", prune_epoch_fraction=0)
+    # 10 epochs, pruned after round(0.75 * 10) = 8, validated after epochs 3, 6 and 9: fine.
+    assert config(dsl_method="mp", epochs=10, eval_step=3, prune_epoch_fraction=0.75)["dsl_method"] == "mp"
+    with pytest.raises(DSLConfigError, match=r"prunes after epoch 10 of 10 but validates last after epoch 9"):
+        config(dsl_method="mp", epochs=10, eval_step=3, prune_epoch_fraction=0.96)
+
+
+# ---------------------------------------------------------------- each method trained
+@pytest.mark.slow
+def test_dense_trains_every_weight(tiny_data_path, tmp_path):
+    trainer, train_data, valid_data = build(tiny_data_path, tmp_path, dsl_method="dense", epochs=2)
+    trainer.fit(train_data, valid_data, saved=False)
+    assert trainer.sparsity.is_dense and trainer.sparsity.overall_density() == 1.0
+    for name in trainer.sparsity.names:
+        assert torch.all(trainer.model.get_parameter(name) != 0), name
+    assert trainer.dense_iterations == 0
+
+
+@pytest.mark.slow
+def test_rp_set_and_dsl_keep_the_budget_and_differ_only_in_exploration(tiny_data_path, tmp_path):
+    trained = {}
+    for method in ("rp", "set", "dsl"):
+        trainer, train_data, valid_data = build(tiny_data_path, tmp_path, dsl_method=method, epochs=2, update_interval=1)
+        initial = masks(trainer)
+        trainer.fit(train_data, valid_data, saved=False)
+        assert_exact_budget(trainer, 1 - SPARSITY)
+        assert trainer.sparsity.iteration == 2 * len(train_data) and trainer.dense_iterations == 0
+        trained[method] = (initial, masks(trainer), trainer.sparsity.growth)
+
+    names = list(trained["dsl"][0])
+    for name in names:  # the same seed draws the same initial mask for every method
+        assert torch.equal(trained["rp"][0][name], trained["dsl"][0][name])
+        assert torch.equal(trained["set"][0][name], trained["dsl"][0][name])
+    assert all(torch.equal(trained["rp"][0][n], trained["rp"][1][n]) for n in names)  # rp never explores
+    assert not all(torch.equal(trained["dsl"][0][n], trained["dsl"][1][n]) for n in names)
+    assert not all(torch.equal(trained["set"][0][n], trained["set"][1][n]) for n in names)
+    assert not all(torch.equal(trained["set"][1][n], trained["dsl"][1][n]) for n in names)
+    assert trained["set"][2] == "random" and trained["dsl"][2] == "gradient"
+
+
+@pytest.mark.slow
+def test_mp_trains_dense_then_prunes_once_and_keeps_the_mask(tiny_data_path, tmp_path):
+    trainer, train_data, valid_data = build(tiny_data_path, tmp_path, dsl_method="mp", epochs=4, prune_epoch_fraction=0.5)
+    batches = len(train_data)
+    seen = []
+
+    def record(epoch_idx, valid_score):
+        nonzero = {n: int((trainer.model.get_parameter(n) != 0).sum()) for n in trainer.sparsity.names}
+        seen.append((epoch_idx, masks(trainer), nonzero, trainer.dense_iterations))
+
+    trainer.fit(train_data, valid_data, saved=True, callback_fn=record)
+    assert [epoch for epoch, *_ in seen] == [0, 1, 2, 3]
+    _, dense_masks, dense_nonzero, dense_iterations = seen[0]
+    for name, mask in dense_masks.items():  # epoch 0: every weight active and trained
+        assert mask.all() and dense_nonzero[name] == mask.numel()
+    assert dense_iterations == 0
+    pruned_masks = seen[1][1]
+    for epoch, epoch_masks, nonzero, iterations in seen[1:]:  # pruned after epoch 1, then fixed
+        assert iterations == 2 * batches
+        for name, mask in epoch_masks.items():
+            assert torch.equal(mask, pruned_masks[name]), (epoch, name)
+            assert nonzero[name] == round_budget(1 - SPARSITY, mask.numel())
+    assert_exact_budget(trainer, 1 - SPARSITY)
+    for name in trainer.sparsity.names:  # pruned entries have no optimizer state to revive them
+        state = trainer.optimizer.state[trainer.model.get_parameter(name)]
+        assert torch.all(state["exp_avg"][~trainer.sparsity.masks[name]] == 0)
+
+    checkpoint = torch.load(trainer.saved_model_file, weights_only=True)
+    assert checkpoint["epoch"] >= 1 and checkpoint["pruned"] and checkpoint["dense_iterations"] == 2 * batches
+    for name, mask in checkpoint["sparsity"]["masks"].items():
+        assert torch.equal(mask, pruned_masks[name])
+        assert torch.all(checkpoint["state_dict"][name][~mask] == 0)
+
+
+@pytest.mark.slow
+def test_mp_early_stopping_cannot_end_the_dense_phase(tiny_data_path, tmp_path, monkeypatch):
+    scores = iter([0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+
+    def falling_validation(self, valid_data, show_progress=False):
+        score = next(scores)
+        return score, {"mrr@10": score}
+
+    monkeypatch.setattr(Trainer, "_valid_epoch", falling_validation)
+    trainer, train_data, valid_data = build(
+        tiny_data_path, tmp_path, dsl_method="mp", epochs=6, prune_epoch_fraction=0.5, stopping_step=0
+    )
+    best_score, best_result = trainer.fit(train_data, valid_data, saved=True)
+    # Epochs 0-2 dense (0.6, 0.5 must not stop it), pruned after epoch 2 (0.4 is the first
+    # sparse score), stopped after epoch 3 (0.3 is worse, stopping_step 0).
+    assert sorted(trainer.train_loss_dict) == [0, 1, 2, 3]
+    assert best_score == 0.4 and best_result == {"mrr@10": 0.4}
+    checkpoint = torch.load(trainer.saved_model_file, weights_only=True)
+    assert checkpoint["epoch"] == 2 and checkpoint["pruned"]
+    for name, mask in checkpoint["sparsity"]["masks"].items():
+        assert int(mask.sum()) == round_budget(1 - SPARSITY, mask.numel())
+
+
+@pytest.mark.slow
+def test_mp_resumes_in_either_phase(tiny_data_path, tmp_path):
+    settings = dict(dsl_method="mp", epochs=4, prune_epoch_fraction=0.5, eval_step=0)
+    first, train_data, _ = build(tiny_data_path, tmp_path, **settings)
+    first._train_epoch(train_data, 0)
+    first._save_checkpoint(0)
+    dense_checkpoint = first.saved_model_file
+
+    second, train_data, _ = build(tiny_data_path, tmp_path, **settings)
+    second.resume_checkpoint(dense_checkpoint)
+    assert all(mask.all() for mask in second.sparsity.masks.values()) and second.dense_iterations == 0
+    second._train_epoch(train_data, 1)  # the second dense epoch ends with the prune
+    assert second.dense_iterations == 2 * len(train_data)
+    assert_exact_budget(second, 1 - SPARSITY)
+    second.saved_model_file = str(tmp_path / "pruned.pth")
+    second._save_checkpoint(1)
+
+    third, train_data, _ = build(tiny_data_path, tmp_path, **settings)
+    third.resume_checkpoint(second.saved_model_file)
+    assert third.dense_iterations == second.dense_iterations
+    third._train_epoch(train_data, 2)  # fine-tuning: no second prune, the mask stays
+    assert third.dense_iterations == second.dense_iterations
+    for name in third.sparsity.names:
+        assert torch.equal(third.sparsity.masks[name], second.sparsity.masks[name])
+    assert_exact_budget(third, 1 - SPARSITY)
+
+
+def test_checkpoint_of_another_method_is_refused(tiny_data_path, tmp_path):
+    dsl, _, _ = build(tiny_data_path, tmp_path, dsl_method="dsl")
+    dsl._save_checkpoint(0)
+    mp, _, _ = build(tiny_data_path, tmp_path, dsl_method="mp")
+    with pytest.raises(DSLCheckpointError, match="was trained with dsl_method=dsl, not mp"):
+        mp.resume_checkpoint(dsl.saved_model_file)
