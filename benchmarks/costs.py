@@ -6,7 +6,8 @@ trained in the same benchmark run, on ml-1m.
 
 Every (model, sparsity) pair is one ``run_recbole_dsl.py`` process; its results JSON is
 kept under ``--work_dir`` and reused when the benchmark is run again, so an interrupted
-benchmark resumes. The table goes to ``benchmarks/results/costs-<dataset>.csv`` and
+benchmark resumes. The table holds every run in ``--work_dir`` and lists the commands
+that made them. The table goes to ``benchmarks/results/costs-<dataset>.csv`` and
 ``docs/costs-<dataset>.md`` with the command that made it.
 """
 
@@ -77,7 +78,7 @@ def table_rows(results: Dict[str, Dict[float, Dict]]) -> List[Dict]:
     return rows
 
 
-def write_outputs(rows: List[Dict], dataset: str, command: str) -> None:
+def write_outputs(rows: List[Dict], dataset: str, commands: List[str]) -> None:
     csv_path = ROOT / "benchmarks" / "results" / f"costs-{dataset}.csv"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
@@ -96,8 +97,9 @@ def write_outputs(rows: List[Dict], dataset: str, command: str) -> None:
         "training-epoch wall time of the run by that of the dense run (sparsity 0) of the same",
         "benchmark run, on a shared machine, so it carries timing noise.",
         "",
-        f"Made with `{command}` on a {os.cpu_count()}-core {platform.machine()} machine, "
-        f"{time.strftime('%Y-%m-%d')}.",
+        f"Made on a {os.cpu_count()}-core {platform.machine()} machine ({time.strftime('%Y-%m-%d')}) with",
+        "",
+        *[f"    {command}" for command in commands],
         "",
         "| model | sparsity | final density | inference MACs | training MACs | bytes (compact) | epoch time |",
         "|---|---|---|---|---|---|---|",
@@ -125,14 +127,26 @@ def main() -> int:
     os.makedirs(args.work_dir, exist_ok=True)
     command = "python benchmarks/costs.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
-    results: Dict[str, Dict[float, Dict]] = {}
+    commands_file = Path(args.work_dir) / "commands.txt"
+    commands = commands_file.read_text(encoding="utf-8").splitlines() if commands_file.exists() else []
+    if command.strip() not in commands:
+        commands.append(command.strip())
+        commands_file.write_text("\n".join(commands) + "\n", encoding="utf-8")
     for model in args.models:
         for sparsity in sorted(set([0.0] + args.sparsities)):
-            result = run_one(model, sparsity, args)
-            if result is not None:
-                results.setdefault(model, {})[sparsity] = result
-        write_outputs(table_rows(results), args.dataset, command.strip())
+            run_one(model, sparsity, args)
+        write_outputs(table_rows(collect(args.work_dir)), args.dataset, commands)
     return 0
+
+
+def collect(work_dir: str) -> Dict[str, Dict[float, Dict]]:
+    """Every finished run in ``work_dir``, also those of earlier invocations, by model."""
+    results: Dict[str, Dict[float, Dict]] = {}
+    for path in sorted(Path(work_dir).glob("*.json")):
+        model, _, sparsity = path.stem.rpartition("-")
+        results.setdefault(model, {})[float(sparsity)] = json.loads(path.read_text())
+    order = {model: i for i, model in enumerate(MODELS)}
+    return dict(sorted(results.items(), key=lambda item: order.get(item[0], len(order))))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -136,6 +136,7 @@ class MaskManager:
         self._pending_ratio: Dict[int, float] = {}
         self._optimizers: List[torch.optim.Optimizer] = []
         self._generator = torch.Generator().manual_seed(seed)
+        self._multipliers: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
 
         params = {name: self.param(name) for name in self.names}
         densities = layer_densities({n: p.shape for n, p in params.items()}, density, distribution)
@@ -170,11 +171,21 @@ class MaskManager:
         return sum(self.nnz().values()) / sum(self.numel().values())
 
     # ------------------------------------------------------------------ masking
+    def _multiplier(self, name: str) -> torch.Tensor:
+        """The mask in the weight's dtype, cached until the mask changes: multiplying by a
+        boolean mask would convert it at every optimizer step."""
+        mask = self.masks[name]
+        cached = self._multipliers.get(name)
+        if cached is None or cached[0] is not mask:
+            cached = (mask, mask.to(self.param(name).dtype))
+            self._multipliers[name] = cached
+        return cached[1]
+
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Zero every inactive weight."""
         for name in self.names:
-            self.param(name).mul_(self.masks[name])
+            self.param(name).mul_(self._multiplier(name))
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Drive the masks from ``optimizer``'s steps; every attached step is one iteration."""
@@ -204,12 +215,12 @@ class MaskManager:
         for name in owned:
             grad = self.param(name).grad
             if grad is not None:
-                grad.mul_(self.masks[name])
+                grad.mul_(self._multiplier(name))
 
     @torch.no_grad()
     def _post_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
         for name in self._owned_names(optimizer):
-            self.param(name).mul_(self.masks[name])
+            self.param(name).mul_(self._multiplier(name))
 
     # ------------------------------------------------------------------ exploration
     @torch.no_grad()
