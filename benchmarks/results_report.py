@@ -92,6 +92,12 @@ def quality_table(rows: List[Dict[str, str]], metric: str):
     return table
 
 
+def save_figure(fig, png: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def plot_quality(table, metric: str, title: str, png: Path) -> None:
     models = sorted(table)
     fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.4), squeeze=False)
@@ -112,9 +118,7 @@ def plot_quality(table, metric: str, title: str, png: Path) -> None:
         ax.set_title(model)
     axes[0][0].legend(fontsize="small")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png)
 
 
 def quality_section(rows: List[Dict[str, str]], figures_dir: Path, written: List[Path]) -> List[str]:
@@ -257,9 +261,7 @@ def sensitivity_section(rows: List[Dict[str, str]], figures_dir: Path, written: 
                         ax.text(x, y, f"{v:.3f}", ha="center", va="center", color="white", fontsize="small")
             fig.colorbar(image, ax=ax)
         fig.suptitle(f"{model} on {dataset}, profile {profile}: test {METRIC}")
-        fig.tight_layout()
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
+        save_figure(fig, png)
         written.append(png)
         lines += [f"![sensitivity, {model}, {dataset}, {profile}](figures/{png.name})", ""]
     return lines
@@ -304,9 +306,7 @@ def popularity_section(rows: List[Dict[str, str]], figures_dir: Path, written: L
             ax.set_ylabel("density of embedding rows")
             ax.legend(fontsize="small")
         fig.suptitle(f"{model} on {dataset}, profile {profile}")
-        fig.tight_layout()
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
+        save_figure(fig, png)
         written.append(png)
         lines += [f"![density by popularity, {model}, {dataset}, {profile}](figures/{png.name})", ""]
     return lines
@@ -344,10 +344,8 @@ def convergence_section(rows: List[Dict[str, str]], figures_dir: Path, written: 
         ax.set_ylabel("training loss (sum over batches)")
         ax.set_title(f"{model} on {dataset}, profile {profile}")
         ax.legend(fontsize="x-small")
-        fig.tight_layout()
         png = figures_dir / f"convergence-{slug(model)}-{slug(dataset)}-{slug(profile)}.png"
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
+        save_figure(fig, png)
         written.append(png)
         lines += ["", f"![training loss per epoch, {model}, {dataset}, {profile}](figures/{png.name})", ""]
     return lines

@@ -246,14 +246,7 @@ class MaskManager:
             magnitude = torch.cat([p.detach().abs().flatten() for p in params]).masked_fill(~mask, math.inf)
             pruned = torch.topk(magnitude, excess, largest=False).indices
             mask[pruned] = False
-            offset = 0
-            for name, p in zip(names, params):
-                numel = p.numel()
-                local = pruned[(pruned >= offset) & (pruned < offset + numel)] - offset
-                self.masks[name] = mask[offset : offset + numel].view(p.shape).clone()
-                p.view(-1)[local] = 0.0
-                self._reset_optimizer_state(p, local)
-                offset += numel
+            self._write_group(names, params, mask, pruned)
             pruned_total += excess
         return pruned_total
 
@@ -289,7 +282,12 @@ class MaskManager:
         grown = torch.topk(grow_score, k).indices
         mask[grown] = True
 
-        changed = torch.cat([pruned, grown])
+        self._write_group(names, params, mask, torch.cat([pruned, grown]))
+        return k
+
+    def _write_group(self, names: List[str], params: List[nn.Parameter], mask: torch.Tensor, changed: torch.Tensor) -> None:
+        """Split a group's flat mask back into its tensors; changed entries start at zero
+        with fresh optimizer state."""
         offset = 0
         for name, p in zip(names, params):
             numel = p.numel()
@@ -298,7 +296,6 @@ class MaskManager:
             p.view(-1)[local] = 0.0
             self._reset_optimizer_state(p, local)
             offset += numel
-        return k
 
     def _reset_optimizer_state(self, param: nn.Parameter, positions: torch.Tensor) -> None:
         """Give changed entries fresh optimizer state (Adam moments, Adagrad sums, ...)."""
