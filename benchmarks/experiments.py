@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import math
 import os
@@ -292,8 +293,15 @@ def read_rows(path: Path) -> List[Dict[str, str]]:
 
 def append_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
     """Append rows; when they bring new columns the file is rewritten with the union of
-    the columns (atomically), so a growing set of metrics or cost figures is kept."""
+    the columns (atomically), so a growing set of metrics or cost figures is kept. A lock
+    file lets experiments for different models run side by side into one CSV."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _append_rows_locked(path, rows)
+
+
+def _append_rows_locked(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
     existing_rows = read_rows(path)
     columns = list(existing_rows[0].keys()) if existing_rows else []
     for row in rows:
@@ -309,6 +317,24 @@ def append_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
         writer.writerows(existing_rows)
         writer.writerows(rows)
     os.replace(tmp, path)
+
+
+def record_command(args: argparse.Namespace) -> None:
+    """Keep the command line of an experiment that ran runs in <results_dir>/commands.txt,
+    for docs/results.md to show the commands that made its numbers."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    command = " ".join(filter(None, [
+        f"OMP_NUM_THREADS={threads}" if threads else "",
+        "python benchmarks/experiments.py", shlex.join(args.command_line),
+    ]))
+    line = f"{args.experiment}\t{command}"
+    path = Path(args.results_dir) / "commands.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if line not in (path.read_text(encoding="utf-8").splitlines() if path.is_file() else []):
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
 
 
 def recorded_keys(path: Path, experiment: str, failed: bool) -> set:
@@ -404,6 +430,8 @@ def run_experiment(experiment: str, runs: List[Run], args: argparse.Namespace) -
     todo = [r for r in runs if r.key() not in done and (args.retry_failed or r.key() not in failed_before)]
     print(f"[{experiment}] {len(runs)} configurations, {len(runs) - len(todo)} already in {csv_file}, {len(todo)} to run",
           flush=True)
+    if todo and not args.dry_run:
+        record_command(args)
     failures = 0
     for index, run in enumerate(todo, 1):
         label = f"[{experiment} {index}/{len(todo)}] {run.name} ({run.profile.label})"
@@ -429,6 +457,8 @@ def run_experiment(experiment: str, runs: List[Run], args: argparse.Namespace) -
 def sensitivity(args: argparse.Namespace, profile: Profile) -> int:
     """The ΔT × ρ0 grid at three sparsities, run by the sweep command (Ray Tune) and
     converted into benchmarks/results/sensitivity.csv."""
+    if not args.dry_run:
+        record_command(args)
     failures = 0
     for dataset in args.datasets:
         for model in args.models:
@@ -557,6 +587,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
     try:
         if args.experiment == "plot":
             from results_report import write_report  # beside this script; imports matplotlib

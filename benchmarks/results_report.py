@@ -31,7 +31,7 @@ METHOD_NAMES = {
 }
 TARGETS = {0.8: 0.98, 0.9: 0.95}  # DSL's share of dense NDCG@10 to reach at these sparsities
 DISCUSSION = "## Discussion"
-COMMANDS = {
+COMMANDS = {  # shown for an experiment until commands.txt records the ones that ran
     "quality": [
         "python benchmarks/experiments.py quality --profile=quick",
         "python benchmarks/experiments.py quality --profile=quick --models LightGCN --datasets gowalla",
@@ -40,6 +40,16 @@ COMMANDS = {
     "popularity": ["python benchmarks/experiments.py popularity --profile=quick"],
     "convergence": ["python benchmarks/experiments.py convergence --profile=quick"],
 }
+
+
+def recorded_commands(results_dir: Path) -> Dict[str, List[str]]:
+    """The command lines that made the CSVs, per experiment (``commands.txt``)."""
+    commands: Dict[str, List[str]] = {experiment: [] for experiment in COMMANDS}
+    path = results_dir / "commands.txt"
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        experiment, _, command = line.partition("\t")
+        commands.setdefault(experiment, []).append(command)
+    return {experiment: found or COMMANDS[experiment] for experiment, found in commands.items()}
 
 
 def read_rows(path: Path) -> List[Dict[str, str]]:
@@ -105,10 +115,10 @@ def plot_quality(table, metric: str, title: str, png: Path) -> None:
         cells = table[model]
         sparsities = sorted({s for (m, s) in cells if m != "dense"})
         positions = {s: i for i, s in enumerate(sparsities)}
-        for method in SPARSE_METHODS:
+        for index, method in enumerate(SPARSE_METHODS):
             points = [(positions[s], statistics.fmean(v)) for (m, s), v in sorted(cells.items()) if m == method]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=METHOD_NAMES[method])
+            if points:  # one colour per method in every panel, whichever methods a panel has
+                ax.plot(*zip(*points), marker="o", color=f"C{index}", label=METHOD_NAMES[method])
         dense = cells.get(("dense", 0.0))
         if dense:
             ax.axhline(statistics.fmean(dense), color="black", linestyle="--", label="dense")
@@ -116,14 +126,15 @@ def plot_quality(table, metric: str, title: str, png: Path) -> None:
         ax.set_xlabel("sparsity")
         ax.set_ylabel(f"test {metric}")
         ax.set_title(model)
-    axes[0][0].legend(fontsize="small")
+    max(axes[0], key=lambda ax: len(ax.get_lines())).legend(fontsize="small")  # the panel with every method drawn
     fig.suptitle(title)
     save_figure(fig, png)
 
 
-def quality_section(rows: List[Dict[str, str]], figures_dir: Path, written: List[Path]) -> List[str]:
+def quality_section(rows: List[Dict[str, str]], figures_dir: Path, written: List[Path],
+                    commands: List[str]) -> List[str]:
     lines = ["## 1. Quality against sparsity (Figure 2)", ""]
-    lines += [f"    {c}" for c in COMMANDS["quality"]] + [""]
+    lines += [f"    {c}" for c in commands] + [""]
     if not rows:
         return lines + ["Not run yet.", ""]
     lines += [
@@ -139,18 +150,18 @@ def quality_section(rows: List[Dict[str, str]], figures_dir: Path, written: List
             (c for c in group[0] if c.startswith("ndcg@")), METRIC)
         table = quality_table(group, metric)
         sparsities = sorted({float(r["sparsity"]) for r in group if r["method"] != "dense"})
-        epochs = sorted({r.get("epochs", "") for r in group})
-        lines += [f"### {dataset}, profile `{profile}` (configured epochs: {', '.join(epochs)})", ""]
-        lines.append("| model | method | dense | " + " | ".join(f"s = {s}" for s in sparsities) + " |")
-        lines.append("|---|---|---|" + "---|" * len(sparsities))
+        lines += [f"### {dataset}, profile `{profile}`", ""]
+        lines.append("| model | epochs | method | dense | " + " | ".join(f"s = {s}" for s in sparsities) + " |")
+        lines.append("|---|---|---|---|" + "---|" * len(sparsities))
         for model in sorted(table):
             cells = table[model]
             dense = cells.get(("dense", 0.0), [])
+            epochs = ", ".join(sorted({r.get("epochs", "") for r in group if r["model"] == model}))
             for method in SPARSE_METHODS:
                 if not any(m == method for m, _ in cells):
                     continue
                 row_cells = [score_cell(cells.get((method, s), [])) for s in sparsities]
-                lines.append(f"| {model} | {method} | {score_cell(dense)} | " + " | ".join(row_cells) + " |")
+                lines.append(f"| {model} | {epochs} | {method} | {score_cell(dense)} | " + " | ".join(row_cells) + " |")
         lines.append("")
         png = figures_dir / f"quality-{slug(dataset)}-{slug(profile)}.png"
         plot_quality(table, metric, f"{dataset}, profile {profile}", png)
@@ -221,9 +232,10 @@ def cost_lines(rows: List[Dict[str, str]]) -> List[str]:
 
 
 # ------------------------------------------------------------------------------ sensitivity
-def sensitivity_section(rows: List[Dict[str, str]], figures_dir: Path, written: List[Path]) -> List[str]:
+def sensitivity_section(rows: List[Dict[str, str]], figures_dir: Path, written: List[Path],
+                        commands: List[str]) -> List[str]:
     lines = ["## 2. Sensitivity to ΔT and ρ0 (Figure 3)", ""]
-    lines += [f"    {c}" for c in COMMANDS["sensitivity"]] + [""]
+    lines += [f"    {c}" for c in commands] + [""]
     if not rows:
         return lines + ["Not run yet.", ""]
     groups = defaultdict(list)
@@ -268,9 +280,10 @@ def sensitivity_section(rows: List[Dict[str, str]], figures_dir: Path, written: 
 
 
 # ------------------------------------------------------------------------------ popularity
-def popularity_section(rows: List[Dict[str, str]], figures_dir: Path, written: List[Path]) -> List[str]:
+def popularity_section(rows: List[Dict[str, str]], figures_dir: Path, written: List[Path],
+                       commands: List[str]) -> List[str]:
     lines = ["## 3. Density by popularity (Figure 4)", ""]
-    lines += [f"    {c}" for c in COMMANDS["popularity"]]
+    lines += [f"    {c}" for c in commands]
     lines += ["    python -m recbole_dsl.analysis popularity --checkpoint=saved/X.pth --dataset=D --out=DIR  # any checkpoint", ""]
     if not rows:
         return lines + ["Not run yet.", ""]
@@ -319,9 +332,10 @@ def convergence_label(row: Dict[str, str]) -> str:
     return METHOD_NAMES[row["method"]] + ("" if row["method"] == "dense" else f" s={row['sparsity']}")
 
 
-def convergence_section(rows: List[Dict[str, str]], figures_dir: Path, written: List[Path]) -> List[str]:
+def convergence_section(rows: List[Dict[str, str]], figures_dir: Path, written: List[Path],
+                        commands: List[str]) -> List[str]:
     lines = ["## 4. Convergence (Figure 5)", ""]
-    lines += [f"    {c}" for c in COMMANDS["convergence"]] + [""]
+    lines += [f"    {c}" for c in commands] + [""]
     if not rows:
         return lines + ["Not run yet.", ""]
     groups = defaultdict(list)
@@ -386,8 +400,9 @@ def write_report(results_dir: Path, figures_dir: Path, report: Path) -> List[Pat
         (popularity_section, "popularity"),
         (convergence_section, "convergence"),
     )
+    commands = recorded_commands(results_dir)
     for section, experiment in sections:
-        lines += section(read_rows(results_dir / f"{experiment}.csv"), figures_dir, written)
+        lines += section(read_rows(results_dir / f"{experiment}.csv"), figures_dir, written, commands[experiment])
     text = "\n".join(lines).rstrip() + "\n"
     if discussion:
         text += "\n" + discussion

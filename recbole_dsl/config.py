@@ -8,9 +8,18 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List
 
+import torch
 import yaml
 from recbole.config import Config
 from recbole.utils import ModelType
+
+# RecBole's SINE module switches on autograd anomaly detection for the whole process when
+# it is imported, and finding any sequential model imports it: every backward pass then
+# checks every gradient for NaN (a third of SASRec's training step on CPU). Import the
+# package once here and give the process its setting back.
+_anomaly_detection = torch.is_anomaly_enabled()
+import recbole.model.sequential_recommender  # noqa: E402,F401
+torch.autograd.set_detect_anomaly(_anomaly_detection)
 
 from recbole_dsl.sparse import DISTRIBUTIONS
 from recbole_dsl.utils import PROPERTIES_DIR, DSLConfigError

@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,11 @@ def test_convergence_and_popularity_experiments_and_plots(tiny_args, tmp_path):
     assert "## 1. Quality against sparsity (Figure 2)" in text and "Not run yet." in text
     dsl = next(r for r in read_csv(tmp_path / "results" / "convergence.csv") if r["method"] == "dsl")
     assert f"| DSL s=0.8 ρ0=0.5 ΔT=2 | 2020 | 2 | {json.loads(dsl['train_loss'])[0]:.4f} |" in text
+    # the commands that made the rows, as recorded by the harness, not the defaults
+    commands = (tmp_path / "results" / "commands.txt").read_text().splitlines()
+    assert [c.split("\t")[0] for c in commands] == ["convergence", "popularity"]
+    assert f"python benchmarks/experiments.py convergence --profile={tmp_path / 'tiny.yaml'} --models BPR" in text
+    assert "    python benchmarks/experiments.py quality --profile=quick\n" in text  # nothing recorded: the default
     assert text.endswith("## Discussion\n\nWritten by hand.\n")  # kept across regenerations
 
 
@@ -207,3 +213,52 @@ def test_missing_dataset_names_the_prepare_command(tmp_path):
         f"error: dataset ml-1m not found in {tmp_path / 'ml-1m'}: prepare it with "
         f"`python -m recbole_dsl.prepare movielens ../shared/data/ml-1m --name=ml-1m --out={tmp_path}` or pass --data_path"
     )
+
+
+# ------------------------------------------------------------------------------ report
+def load_benchmark_module(name):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def quality_row(model, method, sparsity, ndcg, epochs):
+    return {"model": model, "dataset": "d", "method": method, "sparsity": str(sparsity), "seed": "1",
+            "profile": "p", "epochs": str(epochs), "ndcg@10": str(ndcg), "error": ""}
+
+
+def test_quality_report_tables_and_targets(tmp_path):
+    report = load_benchmark_module("results_report")
+    rows = [quality_row("BPR", "dense", 0.0, 0.2, 20), quality_row("BPR", "dsl", 0.8, 0.197, 20),
+            quality_row("BPR", "rp", 0.8, 0.1, 20), quality_row("BPR", "dsl", 0.9, 0.18, 20),
+            quality_row("BPR", "set", 0.9, 0.19, 20), quality_row("SASRec", "dense", 0.0, 0.1, 3),
+            quality_row("SASRec", "dsl", 0.8, 0.05, 3)]
+    written = []
+    text = "\n".join(report.quality_section(rows, tmp_path, written, ["python benchmarks/experiments.py quality"]))
+    assert "\n    python benchmarks/experiments.py quality\n" in text
+    assert "| BPR | 20 | dsl | 0.2000 | 0.1970 | 0.1800 |" in text
+    assert "| BPR | 20 | rp | 0.2000 | 0.1000 | – |" in text
+    assert "| SASRec | 3 | dsl | 0.1000 | 0.0500 | – |" in text
+    assert "| BPR | 98.5% (met) | 90.0% (5.0% short) | 0.9: set by 0.0100 |" in text
+    assert "| SASRec | 50.0% (48.0% short) | – | none |" in text
+    assert [p.name for p in written] == ["quality-d-p.png"] and written[0].stat().st_size > 0
+
+
+def test_rows_appended_side_by_side_are_all_kept(tmp_path):
+    experiments = load_benchmark_module("experiments")
+    csv_file = tmp_path / "quality.csv"
+    start = tmp_path / "start"
+    # each row brings a new column, so every append rewrites the file: the racy case
+    code = ("import os, sys, time; sys.path.insert(0, sys.argv[1]); import experiments; from pathlib import Path\n"
+            "while not os.path.exists(sys.argv[4]): time.sleep(0.01)\n"
+            "for i in range(150):\n"
+            "    experiments.append_rows(Path(sys.argv[2]), [{'run': f'{sys.argv[3]}{i}', sys.argv[3]: i}])\n")
+    workers = [subprocess.Popen([sys.executable, "-c", code, str(ROOT / "benchmarks"), str(csv_file), name, str(start)])
+               for name in ("a", "b")]
+    time.sleep(3)  # both imported and waiting
+    start.touch()
+    assert [w.wait(timeout=300) for w in workers] == [0, 0]
+    rows = experiments.read_rows(csv_file)
+    assert sorted(r["run"] for r in rows) == sorted(f"{n}{i}" for n in "ab" for i in range(150))
