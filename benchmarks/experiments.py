@@ -34,9 +34,10 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -291,17 +292,24 @@ def read_rows(path: Path) -> List[Dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def append_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
-    """Append rows; when they bring new columns the file is rewritten with the union of
-    the columns (atomically), so a growing set of metrics or cost figures is kept. A lock
-    file lets experiments for different models run side by side into one CSV."""
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside ``path`` (``<path>.lock``), so that experiments for
+    different models can run side by side and write to the same files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _append_rows_locked(path, rows)
+        yield
 
 
-def _append_rows_locked(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
+def append_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
+    """Append rows; when they bring new columns the file is rewritten with the union of
+    the columns (atomically), so a growing set of metrics or cost figures is kept."""
+    with locked(path):
+        _append_rows(path, rows)
+
+
+def _append_rows(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
     existing_rows = read_rows(path)
     columns = list(existing_rows[0].keys()) if existing_rows else []
     for row in rows:
@@ -329,9 +337,7 @@ def record_command(args: argparse.Namespace) -> None:
     ]))
     line = f"{args.experiment}\t{command}"
     path = Path(args.results_dir) / "commands.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(path):
         if line not in (path.read_text(encoding="utf-8").splitlines() if path.is_file() else []):
             with open(path, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
