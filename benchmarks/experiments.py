@@ -10,8 +10,11 @@ and convergence of the training loss.
     python benchmarks/experiments.py convergence --profile=quick
     python benchmarks/experiments.py plot
 
-Methods (``dsl_method``): dense (the reference), rp (static random mask), mp (dense
-training, one-shot magnitude pruning, fine-tuning), set (random growth) and dsl.
+Methods (``dsl_method``): dense (the reference), dense_small (the same model, dense, with
+its sizes scaled to the sparse budget), rp (static random mask), mp (dense training,
+one-shot magnitude pruning, fine-tuning), set (random growth), dsl, and the DSL variants
+dsl_prefix (variable-length embedding rows) and dsl_mixed (dsl_prefix growing by the
+gradient summed over the update interval).
 Every run is one ``run_recbole_dsl.py`` process with the profile's settings
 (``benchmarks/profiles/<profile>.yaml``). Its row is appended to
 ``benchmarks/results/<experiment>.csv`` as soon as it finishes; configurations already in
@@ -43,8 +46,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES_DIR = ROOT / "benchmarks" / "profiles"
-METHODS = ("dense", "rp", "mp", "set", "dsl")
-SPARSE_METHODS = METHODS[1:]
+METHODS = ("dense", "dense_small", "rp", "mp", "set", "dsl", "dsl_prefix", "dsl_mixed")
+SPARSE_METHODS = ("rp", "mp", "set", "dsl", "dsl_prefix", "dsl_mixed")
 BACKBONES = ("BPR", "LightGCN", "NeuMF", "MultiVAE", "SASRec")
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)
 PROFILE_KEYS = {"seeds", "settings", "datasets", "models", "experiments"}
@@ -192,7 +195,7 @@ class Run:
             checkpoint_dir=str(run_dir / "saved"),
             results_file=str(run_dir / "result.json"),
         )
-        if self.method == "dense":
+        if self.method == "dense":  # dense_small keeps the sparsity whose budget it matches
             settings.pop("sparsity", None)
         else:
             settings["sparsity"] = self.sparsity
@@ -237,6 +240,9 @@ def result_row(run: Run, result: Dict[str, Any], settings: Dict[str, Any], secon
     }
     if run.experiment == "convergence":
         row["train_loss"] = json.dumps([round(loss, 6) for loss in result.get("train_loss", [])])
+    if run.experiment == "quality":
+        row["valid_scores"] = json.dumps([[epoch, round(score, 5)] for epoch, score in result.get("valid_scores", [])])
+        row["sizes"] = json.dumps((result.get("dense_small") or {}).get("sizes", ""))
     return row
 
 
@@ -469,10 +475,11 @@ def sensitivity(args: argparse.Namespace, profile: Profile) -> int:
     for dataset in args.datasets:
         for model in args.models:
             for seed in args.seeds or profile.seeds:
-                run_dir = Path(args.work_dir).resolve() / "sensitivity" / slug(profile.label) / f"{model}-{dataset}-seed{seed}"
+                name = f"{model}-{dataset}-seed{seed}" + ("" if args.method == "dsl" else f"-{args.method}")
+                run_dir = Path(args.work_dir).resolve() / "sensitivity" / slug(profile.label) / name
                 sweep_dir = run_dir / "sweep"  # the sweep's own folder: it resumes an interrupted sweep from it
                 run_dir.mkdir(parents=True, exist_ok=True)
-                run = Run("sensitivity", model, dataset, "dsl", 0.0, seed, profile)
+                run = Run("sensitivity", model, dataset, args.method, 0.0, seed, profile)
                 config = run.config(args.data_path, run_dir)
                 for key in ("results_file", "checkpoint_dir", "sparsity"):  # every trial has its own
                     config.pop(key)
@@ -483,7 +490,7 @@ def sensitivity(args: argparse.Namespace, profile: Profile) -> int:
                     f"--config_files={run.config_files(run_dir)}", f"--sweep={Path(args.sweep).resolve()}",
                     f"--sweep_dir={sweep_dir}",
                 ]
-                label = f"[sensitivity] {model}-{dataset}-seed{seed} ({profile.label})"
+                label = f"[sensitivity] {name} ({profile.label})"
                 if args.dry_run:
                     print(f"{label}: would run {shlex.join(command)}", flush=True)
                     continue
@@ -572,6 +579,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     sens = experiment("sensitivity", "ΔT × ρ0 grid at three sparsities through the sweep command (Figure 3)",
                       ["LightGCN"], ["ml-1m"])
     sens.add_argument("--sweep", default=str(ROOT / "properties" / "sweep" / "sensitivity.yaml"))
+    sens.add_argument("--method", choices=("dsl", "set", "dsl_prefix", "dsl_mixed"), default="dsl", help="the exploring method swept")
 
     popularity = experiment("popularity", "density of embedding rows by popularity group (Figure 4)",
                             ["LightGCN"], ["ml-1m"])

@@ -21,13 +21,12 @@ _anomaly_detection = torch.is_anomaly_enabled()
 import recbole.model.sequential_recommender  # noqa: E402,F401
 torch.autograd.set_detect_anomaly(_anomaly_detection)
 
-from recbole_dsl.sparse import DISTRIBUTIONS
+from recbole_dsl.methods import METHODS
+from recbole_dsl.sparse import DISTRIBUTIONS, GROWTH_GRADIENTS
 from recbole_dsl.utils import PROPERTIES_DIR, DSLConfigError
 
 DSL_PROPERTIES_FILE = PROPERTIES_DIR / "dsl.yaml"
-# dense: every weight trains; rp: static random mask; mp: dense training, one-shot
-# magnitude pruning, fine-tuning; set: DSL's schedule with random growth; dsl: DSL.
-DSL_METHODS = ("dsl", "set", "rp", "mp", "dense")
+DSL_METHODS = tuple(METHODS)
 
 
 def _dsl_keys() -> List[str]:
@@ -115,6 +114,9 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
         fail("min_update_ratio", "a number in [0, init_update_ratio]")
     if not _is_number(config["update_end"]) or not 0.0 < config["update_end"] <= 1.0:
         fail("update_end", "a number in (0, 1]")
+    update_epochs = config["update_epochs"]
+    if update_epochs is not None and (not isinstance(update_epochs, int) or isinstance(update_epochs, bool) or update_epochs < 1):
+        fail("update_epochs", "an integer >= 1, or ~ (None) for update_end alone")
     if not _is_number(config["prune_epoch_fraction"]) or not 0.0 < config["prune_epoch_fraction"] < 1.0:
         fail("prune_epoch_fraction", "a number in (0, 1)")
     if config["dsl_method"] == "mp":
@@ -123,6 +125,10 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
         fail("sparsity_distribution", " or ".join(DISTRIBUTIONS))
     if not isinstance(config["shared_budget"], bool):
         fail("shared_budget", "True or False")
+    if not isinstance(config["regrown_keep_values"], bool):
+        fail("regrown_keep_values", "True or False")
+    if config["growth_gradient"] is not None and config["growth_gradient"] not in GROWTH_GRADIENTS:
+        fail("growth_gradient", " or ".join(GROWTH_GRADIENTS) + " (or ~ for the method's own)")
     selection = config["sparse_params"]
     if isinstance(selection, (list, tuple)) and selection and all(isinstance(p, str) for p in selection):
         for pattern in selection:

@@ -21,6 +21,8 @@ from recbole.utils import get_model, init_logger, init_seed, set_color
 
 from recbole_dsl.config import DSLConfig
 from recbole_dsl.costs import format_costs, measure_costs
+from recbole_dsl.methods import get_method
+from recbole_dsl.model_size import fit_dense_small
 from recbole_dsl.prepare import prepare_command
 from recbole_dsl.sparse.compact import save_compact
 from recbole_dsl.trainer import DSLTrainerMixin, create_trainer
@@ -37,10 +39,13 @@ DSL_SETTING_KEYS = (
     "init_update_ratio",
     "min_update_ratio",
     "update_end",
+    "update_epochs",
     "prune_epoch_fraction",
     "sparse_params",
     "sparsity_distribution",
     "shared_budget",
+    "regrown_keep_values",
+    "growth_gradient",
 )
 
 
@@ -162,8 +167,17 @@ def run_recbole_dsl(
     logger.info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
+    model_class = get_model(config["model"])
+    dense_small = None
+    if get_method(config["dsl_method"]).scales_model:
+        dense_small = fit_dense_small(config, lambda: model_class(config, train_data._dataset))
+        logger.info(
+            set_color("DSL", "pink") + f": dense_small sizes {dense_small['sizes']} (from {dense_small['base_sizes']}): "
+            f"{dense_small['params']:,d} trainable parameters for the {dense_small['budget']:,d} non-zeros of sparsity "
+            f"{config['sparsity']}"
+        )
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model = model_class(config, train_data._dataset).to(config["device"])
     logger.info(model)
 
     trainer = create_trainer(config, model)
@@ -186,6 +200,7 @@ def run_recbole_dsl(
         "dataset": config["dataset"],
         "dsl": {key: config[key] for key in DSL_SETTING_KEYS},
         "dsl_applied": dsl_applied,
+        "dense_small": dense_small,
         "best_valid_score": _plain(best_valid_score),
         "best_valid_result": _plain(best_valid_result),
         "test_result": _plain(test_result),
@@ -196,6 +211,8 @@ def run_recbole_dsl(
         "costs": None,
         # RecBole's record of each epoch's training loss (tuples of losses summed).
         "train_loss": [float(loss) for _, loss in sorted(trainer.train_loss_dict.items())],
+        # [epoch, validation score] of every validation (valid_metric).
+        "valid_scores": getattr(trainer, "valid_scores", []),
     }
     if dsl_applied:
         result["sparsified"] = trainer.sparsity_summary()

@@ -22,6 +22,7 @@ from recbole.utils import ModelType, get_trainer, set_color
 from torch import nn
 
 from recbole_dsl.config import mp_prune_epoch
+from recbole_dsl.methods import Method, get_method
 from recbole_dsl.sparse import CosineUpdateSchedule, MaskManager, MaskUpdate, select_parameters
 from recbole_dsl.utils import DSLCheckpointError, DSLConfigError
 
@@ -45,11 +46,13 @@ def clear_cached_embeddings(model: nn.Module) -> None:
 class DSLTrainerMixin:
     """Adds Dynamic Sparse Learning to a RecBole trainer class (put it first in the bases).
 
-    ``dsl_method`` picks how the masks behave: ``dsl`` (gradient growth), ``set`` (random
-    growth), ``rp`` (the initial random mask, never updated), ``mp`` (dense training,
-    one-shot magnitude pruning to the budget, fine-tuning with the mask fixed) or
-    ``dense`` (no mask). :attr:`dense_iterations` counts the optimizer iterations MP
-    trained with every weight active (0 for the other methods).
+    ``dsl_method`` picks how the masks behave (:mod:`recbole_dsl.methods`).
+    :attr:`dense_iterations` counts the optimizer iterations MP trained with every weight
+    active (0 for the other methods).
+
+    Mask exploration ends at T_end, ``min(update_end * epochs, update_epochs)`` epochs of
+    iterations, and validations before it never count towards early stopping: a run
+    cannot stop while masks are still exchanged at a high ratio.
     """
 
     sparsity: MaskManager
@@ -61,6 +64,7 @@ class DSLTrainerMixin:
             self._optimizers = []
             self._last_valid_result = None
             self.epoch_seconds: List[float] = []
+            self.valid_scores: List[List[float]] = []
             self.optimizer_steps = 0
             self.gradient_growth_updates = 0
             self.dense_iterations = 0
@@ -78,33 +82,46 @@ class DSLTrainerMixin:
             raise DSLConfigError(
                 f"sparse_params={config['sparse_params']!r} selects no trainable tensor of {config['model']}"
             )
-        method = config["dsl_method"]
+        method = self.method
         schedule = CosineUpdateSchedule(
             # An interval of 0 never updates: rp keeps its random mask, mp its pruned one.
-            update_interval=config["update_interval"] if method in ("dsl", "set") else 0,
+            update_interval=config["update_interval"] if method.explores else 0,
             init_update_ratio=config["init_update_ratio"],
             min_update_ratio=config["min_update_ratio"],
         )
-        manager = MaskManager(
-            self.model,
-            names,
-            density=1.0 - config["sparsity"],
-            schedule=schedule,
-            growth="random" if method == "set" else "gradient",
-            distribution=config["sparsity_distribution"],
-            shared_budget=config["shared_budget"],
-            seed=config["seed"] or 0,
-            on_update=self._on_mask_update,
-            dense_start=method == "mp",
-        )
+        prefix_names = []
+        if method.embedding_structure == "prefix":
+            embeddings = set(select_parameters(self.model, "embeddings"))
+            prefix_names = [n for n in names if n in embeddings and self.model.get_parameter(n).dim() == 2]
+        try:
+            manager = MaskManager(
+                self.model,
+                names,
+                density=1.0 - config["sparsity"] if method.sparse else 1.0,
+                schedule=schedule,
+                growth=method.growth,
+                distribution=config["sparsity_distribution"],
+                shared_budget=config["shared_budget"],
+                seed=config["seed"] or 0,
+                on_update=self._on_mask_update,
+                dense_start=method.dense_start,
+                prefix_names=prefix_names,
+                grown_init_scale=method.grown_init_scale,
+                regrown_keep_values=config["regrown_keep_values"],
+                growth_gradient=config["growth_gradient"] or method.growth_gradient,
+            )
+        except ValueError as e:
+            raise DSLConfigError(f"dsl_method={method.name} cannot sparsify {config['model']}: {e}") from None
         clear_cached_embeddings(self.model)
         self._log_selection(manager)
         return manager
 
     def _log_selection(self, manager: MaskManager) -> None:
         config = self.config
-        method = config["dsl_method"]
-        if manager.is_dense:
+        method = self.method.name
+        if self.method.scales_model:
+            mode = f"dense model scaled to the budget of sparsity {config['sparsity']}: masks are all ones and never updated"
+        elif manager.is_dense:
             mode = "dense (sparsity 0): masks are all ones and never updated"
         elif method == "rp":
             mode = "static random mask, never updated"
@@ -114,10 +131,15 @@ class DSLTrainerMixin:
                 "then magnitude pruning to the budget and fine-tuning with the mask fixed"
             )
         else:
+            gradient = f" ({manager.growth_gradient} gradient)" if manager.growth == "gradient" else ""
             mode = (
-                f"{manager.growth} growth every {config['update_interval']} iterations, "
-                f"rho0 {config['init_update_ratio']}, rho_min {config['min_update_ratio']}"
+                f"{manager.growth} growth{gradient} every {config['update_interval']} iterations, "
+                f"rho0 {config['init_update_ratio']}, rho_min {config['min_update_ratio']}, "
+                f"until {self._update_end_epochs():g} epochs"
             )
+            prefix = [n for n in manager.names if manager.structures[n] == "prefix"]
+            if prefix:
+                mode += f"; variable-length rows (prefix masks) in {', '.join(prefix)}"
         budget = "one budget shared by all tensors" if config["shared_budget"] else "a budget per tensor"
         lines = [
             set_color("DSL", "pink")
@@ -143,6 +165,26 @@ class DSLTrainerMixin:
             f"exchanged {update.exchanged:,d}, density {update.density:.4f}]"
         )
 
+    @property
+    def method(self) -> Method:
+        return get_method(self.config["dsl_method"])
+
+    def _update_end_epochs(self) -> float:
+        """T_end in epochs: ``update_end`` of the epochs, or ``update_epochs`` when sooner."""
+        end = self.config["update_end"] * self._total_epochs()
+        if self.config["update_epochs"] is not None:
+            end = min(end, self.config["update_epochs"])
+        return end
+
+    def _exploring(self) -> bool:
+        schedule = self.sparsity.schedule
+        return (
+            schedule.update_interval > 0
+            and not self.sparsity.is_dense
+            and schedule.end_iteration is not None
+            and self.sparsity.iteration < schedule.end_iteration
+        )
+
     def _total_epochs(self) -> int:
         stage = self.config["train_stage"]
         if isinstance(stage, str) and "pretrain" in stage and hasattr(self, "pretrain_epochs"):
@@ -154,24 +196,24 @@ class DSLTrainerMixin:
         # RecVAE's encoder and decoder passes), then measured after the first epoch, for
         # trainers that step a different number of times per epoch.
         schedule = self.sparsity.schedule
-        fraction = self.config["update_end"]
+        end_epochs = self._update_end_epochs()
         if schedule.end_iteration is None:
             passes = getattr(self, "n_enc_epochs", 0) + getattr(self, "n_dec_epochs", 0) or 1
-            schedule.end_iteration = max(1, math.ceil(fraction * self._total_epochs() * len(train_data) * passes))
+            schedule.end_iteration = max(1, math.ceil(end_epochs * len(train_data) * passes))
         start = self.sparsity.iteration
         started_at = time.perf_counter()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         self.epoch_seconds.append(time.perf_counter() - started_at)
         steps = self.sparsity.iteration - start
         if steps and not getattr(self, "_end_iteration_measured", False):
-            schedule.end_iteration = max(1, math.ceil(fraction * self._total_epochs() * steps))
+            schedule.end_iteration = max(1, math.ceil(end_epochs * steps))
             self._end_iteration_measured = True
         if self._in_dense_phase() and epoch_idx + 1 >= mp_prune_epoch(self._total_epochs(), self.config["prune_epoch_fraction"]):
             self._prune_dense_model(epoch_idx)
         return loss
 
     def _in_dense_phase(self) -> bool:
-        return self.config["dsl_method"] == "mp" and not self._pruned and not self.sparsity.is_dense
+        return self.method.dense_start and not self._pruned and not self.sparsity.is_dense
 
     def _prune_dense_model(self, epoch_idx: int) -> None:
         """MP's one-shot pruning. Validation restarts from scratch here, so RecBole's early
@@ -192,10 +234,16 @@ class DSLTrainerMixin:
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
         self._last_valid_result = valid_result
+        self.valid_scores.append([len(self.train_loss_dict) - 1, float(valid_score)])
         if self._in_dense_phase():
             # Every dense validation counts as an improvement: early stopping cannot end
             # the run before MP prunes, and pruning resets the best score anyway.
             self.best_valid_score = -math.inf if self.valid_metric_bigger else math.inf
+        elif self._exploring():
+            # Masks are still exchanged: this validation keeps the best checkpoint but does
+            # not count towards early stopping (RecBole's early_stopping adds 1 to this, or
+            # resets it to 0 on an improvement), which starts counting at T_end.
+            self.cur_step = -1
         return valid_score, valid_result
 
     # ---------------------------------------------------------------- checkpoints
@@ -224,6 +272,7 @@ class DSLTrainerMixin:
             "optimizer_steps": self.optimizer_steps,
             "gradient_growth_updates": self.gradient_growth_updates,
             "epoch_seconds": list(self.epoch_seconds),
+            "valid_scores": [list(pair) for pair in self.valid_scores],
         }
         torch.save(state, saved_model_file)
         if verbose:
@@ -283,6 +332,7 @@ class DSLTrainerMixin:
         self.optimizer_steps = int(checkpoint.get("optimizer_steps", 0))
         self.gradient_growth_updates = int(checkpoint.get("gradient_growth_updates", 0))
         self.epoch_seconds = [float(s) for s in checkpoint.get("epoch_seconds", [])]
+        self.valid_scores = [[int(e), float(v)] for e, v in checkpoint.get("valid_scores", [])]
         self._end_iteration_measured = True
         self.logger.info(
             f"Checkpoint loaded. Resume training from epoch {self.start_epoch} "

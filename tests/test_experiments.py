@@ -116,27 +116,29 @@ def test_quality_runs_every_method_appends_rows_and_resumes(tiny_args, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     csv_file = tmp_path / "results" / "quality.csv"
     rows = read_csv(csv_file)
-    assert [(r["method"], r["sparsity"]) for r in rows] == [("dense", "0.0")] + [(m, "0.8") for m in ("rp", "mp", "set", "dsl")]
+    sparse = ("dense_small", "rp", "mp", "set", "dsl", "dsl_prefix", "dsl_mixed")
+    assert [(r["method"], r["sparsity"]) for r in rows] == [("dense", "0.0")] + [(m, "0.8") for m in sparse]
     for row in rows:
         assert row["model"] == "BPR" and row["dataset"] == "tiny" and row["seed"] == "2020" and row["profile"] == "tiny"
         assert row["error"] == "" and row["epochs"] == "2" and row["epochs_trained"] == "2"
         assert 0 <= float(row["ndcg@10"]) <= 1 and row["valid_metric"] == "ndcg@10"
         assert float(row["wall_seconds"]) > 0
         density = float(row["final_density"])
-        assert density == 1.0 if row["method"] == "dense" else density == pytest.approx(0.2, abs=1e-4)
+        assert density == 1.0 if row["method"].startswith("dense") else density == pytest.approx(0.2, abs=1e-4)
+        assert len(json.loads(row["valid_scores"])) == 2  # the validation curve, for the report
         if "train_macs" in row:  # cost figures, flattened, when the run reports them
             assert int(row["train_macs"]) <= int(row["train_macs_dense"])
 
     before = csv_file.read_text()
     again = harness("quality", *tiny_args(), "--sparsities", "0.8", cwd=tmp_path)
-    assert again.returncode == 0 and "5 already in" in again.stdout and "0 to run" in again.stdout
+    assert again.returncode == 0 and "8 already in" in again.stdout and "0 to run" in again.stdout
     assert csv_file.read_text() == before
 
     failing = harness("quality", *tiny_args("NoSuchModel"), "--methods", "dsl", "--sparsities", "0.8", cwd=tmp_path)
     assert failing.returncode == 1 and "FAILED" in failing.stdout
     failed = read_csv(csv_file)[-1]
     assert failed["model"] == "NoSuchModel" and failed["error"].startswith("exit status 2: unknown model [NoSuchModel]")
-    assert len(read_csv(csv_file)) == 6
+    assert len(read_csv(csv_file)) == 9
 
 
 @pytest.mark.slow

@@ -241,3 +241,24 @@ def test_state_dict_round_trip_weights_only():
     assert restored.iteration == 17 and restored.schedule.end_iteration == 30
     assert torch.rand(3, generator=restored._generator).tolist() == torch.rand(3, generator=manager._generator).tolist()
     assert_invariant(restored)
+
+
+@pytest.mark.parametrize("growth_gradient, expected", [("batch", 3), ("interval", 2)])
+def test_interval_growth_ranks_the_gradient_summed_since_the_last_update(growth_gradient, expected):
+    model = nn.Module()
+    model.w = nn.Parameter(torch.zeros(1, 4))
+    manager = MaskManager(model, ["w"], 0.5, schedule(update_interval=2, init_update_ratio=0.5, end_iteration=4),
+                          growth_gradient=growth_gradient)
+    manager.masks["w"] = torch.tensor([[True, True, False, False]])
+    with torch.no_grad():
+        model.w.copy_(torch.tensor([[0.9, 0.1, 0.0, 0.0]]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    manager.attach(optimizer)
+    for gradient in ([0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 1.0]):  # the update comes with the second
+        model.w.grad = torch.tensor([gradient])
+        optimizer.step()
+    # rho_2 = 0.25, k = 1: the smaller weight (0.1) is pruned, and one inactive entry grown
+    assert manager.masks["w"].tolist()[0] == [True, False, expected == 2, expected == 3]
+    assert manager._accumulated == {}  # the sum restarts after an update
+    with pytest.raises(ValueError, match="unknown growth gradient"):
+        MaskManager(model, ["w"], 0.5, schedule(), growth_gradient="epoch")

@@ -2,6 +2,7 @@
 
 from recbole_dsl.sparse.masking import (
     DISTRIBUTIONS,
+    GROWTH_GRADIENTS,
     GROWTH_MODES,
     MaskManager,
     MaskUpdate,
@@ -14,6 +15,7 @@ from recbole_dsl.sparse.schedule import CosineUpdateSchedule
 __all__ = [
     "CosineUpdateSchedule",
     "DISTRIBUTIONS",
+    "GROWTH_GRADIENTS",
     "GROWTH_MODES",
     "MaskManager",
     "MaskUpdate",

@@ -15,9 +15,18 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import torch
 from torch import nn
 
+from recbole_dsl.sparse.prune_grow import (
+    STRUCTURES,
+    grow_scores,
+    prune_scores,
+    select_highest,
+    select_lowest,
+    uniform_prefix_mask,
+)
 from recbole_dsl.sparse.schedule import CosineUpdateSchedule
 
 GROWTH_MODES = ("gradient", "random")
+GROWTH_GRADIENTS = ("batch", "interval")
 DISTRIBUTIONS = ("uniform", "erk")
 
 
@@ -105,6 +114,18 @@ class MaskManager:
 
     With ``dense_start`` every weight stays active until :meth:`prune_by_magnitude`
     cuts each group to its budget once (magnitude pruning of a dense model).
+
+    ``prefix_names`` are 2-D tensors (embedding tables) whose rows are kept active on a
+    prefix of their columns (see :mod:`~recbole_dsl.sparse.prune_grow`): they start with
+    row lengths that differ by at most one, and exploration moves length between rows.
+    Grown entries start at zero, or with ``grown_init_scale > 0`` at random values of that
+    fraction of the tensor's root-mean-square active weight: two factor tables that both
+    grow a column at zero would give each other a zero gradient there for ever. With
+    ``regrown_keep_values`` an entry pruned and grown back in the same update keeps its
+    value and optimizer state: it was never really exchanged. Gradient growth ranks the
+    current batch's gradient (``growth_gradient="batch"``, as published) or the gradient
+    summed over every iteration since the previous update (``"interval"``), which sees
+    every embedding row the interval's batches touched rather than one batch's.
     """
 
     def __init__(
@@ -119,16 +140,21 @@ class MaskManager:
         seed: int = 0,
         on_update: Optional[Callable[[MaskUpdate], None]] = None,
         dense_start: bool = False,
+        prefix_names: Iterable[str] = (),
+        grown_init_scale: float = 0.0,
+        regrown_keep_values: bool = False,
+        growth_gradient: str = "batch",
     ) -> None:
         if not 0.0 < density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {density}")
         if growth not in GROWTH_MODES:
             raise ValueError(f"unknown growth mode {growth!r}: use one of {GROWTH_MODES}")
+        if growth_gradient not in GROWTH_GRADIENTS:
+            raise ValueError(f"unknown growth gradient {growth_gradient!r}: use one of {GROWTH_GRADIENTS}")
         self.module = module
         self.names = list(names)
         if not self.names:
             raise ValueError("no tensor selected for sparsification")
-        self.density = density
         self.schedule = schedule
         self.growth = growth
         self.on_update = on_update
@@ -137,15 +163,32 @@ class MaskManager:
         self._optimizers: List[torch.optim.Optimizer] = []
         self._generator = torch.Generator().manual_seed(seed)
         self._multipliers: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.grown_init_scale = grown_init_scale
+        self.regrown_keep_values = regrown_keep_values
+        self.growth_gradient = growth_gradient
+        self._accumulated: Dict[str, torch.Tensor] = {}
 
         params = {name: self.param(name) for name in self.names}
+        prefix_names = set(prefix_names)
+        unknown = prefix_names - set(self.names)
+        if unknown:
+            raise ValueError(f"prefix_names {sorted(unknown)} are not among the sparsified tensors")
+        for name in prefix_names:
+            if params[name].dim() != 2:
+                raise ValueError(f"a prefix mask needs a 2-D tensor, {name} has shape {tuple(params[name].shape)}")
+        self.structures = {n: "prefix" if n in prefix_names else "unstructured" for n in self.names}
         densities = layer_densities({n: p.shape for n, p in params.items()}, density, distribution)
         self.budgets = {n: round_budget(densities[n], params[n].numel()) for n in self.names}
         self.groups: List[List[str]] = [self.names] if shared_budget else [[n] for n in self.names]
+        for names in self.groups:
+            self._group_structure(names)
         self.masks: Dict[str, torch.Tensor] = {}
         for name, p in params.items():
             if dense_start:
                 self.masks[name] = torch.ones_like(p, dtype=torch.bool)
+                continue
+            if self.structures[name] == "prefix":
+                self.masks[name] = uniform_prefix_mask(p.shape, self.budgets[name], self._generator).to(p.device)
                 continue
             mask = torch.zeros(p.numel(), dtype=torch.bool)
             mask[torch.randperm(p.numel(), generator=self._generator)[: self.budgets[name]]] = True
@@ -206,6 +249,11 @@ class MaskManager:
             ratio = self.schedule.update_ratio(self.iteration)
             self._pending_ratio = {index: ratio for index in range(len(self.groups))}
         owned = self._owned_names(optimizer)
+        if self._accumulates():
+            for name in owned:
+                grad = self.param(name).grad
+                if grad is not None:
+                    self._accumulated.setdefault(name, torch.zeros_like(grad)).add_(grad)
         due = [i for i in self._pending_ratio if any(n in owned for n in self.groups[i])]
         if due:
             ratio = self._pending_ratio[due[0]]
@@ -216,6 +264,21 @@ class MaskManager:
             grad = self.param(name).grad
             if grad is not None:
                 grad.mul_(self._multiplier(name))
+
+    def _accumulates(self) -> bool:
+        """Interval gradients are summed while updates remain to be made."""
+        end = self.schedule.end_iteration
+        return (
+            self.growth == "gradient"
+            and self.growth_gradient == "interval"
+            and self.schedule.update_interval > 0
+            and (end is None or self.iteration <= end)
+        )
+
+    def _growth_gradient(self, name: str, param: nn.Parameter) -> torch.Tensor:
+        if self.growth_gradient == "interval" and name in self._accumulated:
+            return self._accumulated[name].abs()
+        return param.grad.detach().abs() if param.grad is not None else torch.zeros_like(param)
 
     @torch.no_grad()
     def _post_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
@@ -250,50 +313,84 @@ class MaskManager:
             pruned_total += excess
         return pruned_total
 
-    def _random_scores(self, n: int, device: torch.device) -> torch.Tensor:
-        return torch.rand(n, generator=self._generator).to(device)
+    def _group_structure(self, names: List[str]) -> str:
+        """The mask structure of a group: prefix only when all its tensors are prefix
+        tables of one width (they are then ranked as one table of stacked rows)."""
+        structures = {self.structures[n] for n in names}
+        if structures == {"unstructured"}:
+            return "unstructured"
+        widths = {self.param(n).shape[1] for n in names if self.structures[n] == "prefix"}
+        if len(structures) > 1 or len(widths) > 1:
+            raise ValueError(f"tensors {names} share a budget but not one mask structure and width")
+        return "prefix"
+
+    def _stacked(self, tensors: List[torch.Tensor], structure: str) -> torch.Tensor:
+        """A group's tensors as one: rows stacked (prefix) or flattened and concatenated.
+        Both orders give the same flat index of every entry."""
+        if structure == "prefix":
+            return torch.cat(tensors, dim=0)
+        return torch.cat([t.flatten() for t in tensors])
 
     @torch.no_grad()
     def _update_group(self, names: List[str], update_ratio: float) -> int:
         params = [self.param(n) for n in names]
-        mask = torch.cat([self.masks[n].flatten() for n in names])
+        structure = self._group_structure(names)
+        mask = self._stacked([self.masks[n] for n in names], structure)
         nnz = int(mask.sum())
         if nnz == mask.numel() or nnz == 0:
             return 0
         k = math.ceil(update_ratio * nnz)
         if k == 0:
             return 0
-        magnitude = torch.cat([p.detach().abs().flatten() for p in params])
-        prune_score = magnitude.masked_fill(~mask, math.inf)
-        pruned = torch.topk(prune_score, k, largest=False).indices
-        mask[pruned] = False
+        magnitude = self._stacked([p.detach().abs() for p in params], structure)
+        pruned = select_lowest(prune_scores(magnitude, mask, structure), k, structure, self._generator)
+        mask.view(-1)[pruned] = False
 
-        random_scores = self._random_scores(mask.numel(), mask.device)
+        random_scores = torch.rand(mask.shape, generator=self._generator).to(mask.device)
         if self.growth == "gradient":
-            gradient = torch.cat(
-                [(p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
-            )
+            gradient = self._stacked([self._growth_gradient(n, p) for n, p in zip(names, params)], structure)
             # Entries without gradient rank below every entry with one, in random order,
             # so the budget is met even when a batch touches few embedding rows.
-            grow_score = torch.where(gradient > 0, gradient, -random_scores)
+            score = torch.where(gradient > 0, gradient, -random_scores)
         else:
-            grow_score = random_scores
-        grow_score = grow_score.masked_fill(mask, -math.inf)
-        grown = torch.topk(grow_score, k).indices
-        mask[grown] = True
+            score = random_scores
+        grown = select_highest(grow_scores(score, mask, structure), k, structure, self._generator)
+        mask.view(-1)[grown] = True
+        if self.regrown_keep_values:
+            regrown = torch.isin(grown, pruned)
+            pruned, grown = pruned[~torch.isin(pruned, grown)], grown[~regrown]
 
-        self._write_group(names, params, mask, torch.cat([pruned, grown]))
-        return k
+        self._write_group(names, params, mask.flatten(), torch.cat([pruned, grown]), grown)
+        for name in names:
+            self._accumulated.pop(name, None)
+        return int(grown.numel())
 
-    def _write_group(self, names: List[str], params: List[nn.Parameter], mask: torch.Tensor, changed: torch.Tensor) -> None:
+    def _write_group(
+        self,
+        names: List[str],
+        params: List[nn.Parameter],
+        mask: torch.Tensor,
+        changed: torch.Tensor,
+        grown: Optional[torch.Tensor] = None,
+    ) -> None:
         """Split a group's flat mask back into its tensors; changed entries start at zero
-        with fresh optimizer state."""
+        (grown ones at small random values with ``grown_init_scale``) with fresh
+        optimizer state."""
         offset = 0
         for name, p in zip(names, params):
             numel = p.numel()
             local = changed[(changed >= offset) & (changed < offset + numel)] - offset
+            old_mask = self.masks[name]
             self.masks[name] = mask[offset : offset + numel].view(p.shape).clone()
-            p.view(-1)[local] = 0.0
+            flat = p.view(-1)
+            if grown is not None and self.grown_init_scale > 0:
+                kept = flat[old_mask.flatten() & self.masks[name].flatten()]
+                scale = self.grown_init_scale * float(kept.pow(2).mean().sqrt()) if kept.numel() else 0.0
+            flat[local] = 0.0
+            if grown is not None and self.grown_init_scale > 0:
+                local_grown = grown[(grown >= offset) & (grown < offset + numel)] - offset
+                noise = torch.randn(local_grown.numel(), generator=self._generator).to(flat)
+                flat[local_grown] = scale * noise
             self._reset_optimizer_state(p, local)
             offset += numel
 
@@ -319,6 +416,7 @@ class MaskManager:
             "end_iteration": self.schedule.end_iteration,
             "pending_ratio": dict(self._pending_ratio),
             "generator": self._generator.get_state(),
+            "accumulated": {n: g.clone() for n, g in self._accumulated.items()},
         }
 
     @torch.no_grad()
@@ -336,4 +434,5 @@ class MaskManager:
         self.schedule.end_iteration = state["end_iteration"]
         self._pending_ratio = {int(k): float(v) for k, v in state["pending_ratio"].items()}
         self._generator.set_state(state["generator"])
+        self._accumulated = {n: g.to(self.masks[n].device) for n, g in state.get("accumulated", {}).items()}
         self.apply_masks()

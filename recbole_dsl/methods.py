@@ -1,0 +1,65 @@
+"""The training methods of ``dsl_method``: one entry each, asked by the config and the trainer.
+
+A method says whether it trains at the sparse budget, whether and how its masks are
+explored, whether it starts dense (magnitude pruning) and which structure its embedding
+masks have. Adding a method is adding an entry to :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
+
+
+@dataclass(frozen=True)
+class Method:
+    """How one value of ``dsl_method`` trains."""
+
+    name: str
+    summary: str
+    sparse: bool = True  # trains at the sparsity budget (False: every weight of the model trains)
+    explores: bool = False  # masks are pruned and grown every update_interval iterations
+    growth: str = "gradient"  # gradient (DSL) or random (SET), for methods that explore
+    dense_start: bool = False  # dense training, then one-shot magnitude pruning (MP)
+    embedding_structure: str = "unstructured"  # or prefix: embedding rows of variable length
+    grown_init_scale: float = 0.0  # grown weights start at zero, or random at this fraction of the active RMS
+    scales_model: bool = False  # a smaller dense model with as many parameters as the budget (dense_small)
+    growth_gradient: str = "batch"  # growth ranks the current batch's gradient, or the interval's sum
+
+
+METHODS: Dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method("dsl", "DSL: prune by magnitude, grow by gradient, cosine-annealed exchange", explores=True),
+        Method("set", "DSL's schedule with random growth (SET)", explores=True, growth="random"),
+        Method("rp", "static random mask, never updated"),
+        Method("mp", "dense training, one-shot magnitude pruning, fine-tuning with the mask fixed", dense_start=True),
+        Method("dense", "every weight trains (sparsity 0)", sparse=False),
+        Method(
+            "dense_small",
+            "the same model, dense, with its sizes scaled to as many parameters as the sparse budget",
+            sparse=False,
+            scales_model=True,
+        ),
+        Method(
+            "dsl_prefix",
+            "DSL with embedding rows of variable length: pruning shortens rows, growth lengthens them",
+            explores=True,
+            embedding_structure="prefix",
+            grown_init_scale=0.1,
+        ),
+        Method(
+            "dsl_mixed",
+            "mixed-dimension embeddings found by DSL: dsl_prefix, growing where the gradient summed since the "
+            "last update is largest",
+            explores=True,
+            embedding_structure="prefix",
+            grown_init_scale=0.1,
+            growth_gradient="interval",
+        ),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    return METHODS[name]

@@ -1,0 +1,108 @@
+"""Prune and grow as pure functions over (scores, mask, k), after RigL's reference code.
+
+Two mask structures are supported:
+
+* ``unstructured``: any entry may be active. Prune the ``k`` active entries of smallest
+  score, grow the ``k`` inactive entries of largest score.
+* ``prefix``: every row of a 2-D tensor is active on a prefix ``[0, length)`` of its
+  columns, so that an embedding row is a vector of variable length and two rows always
+  share their shorter length in a dot product (a mixed-dimension embedding). Pruning
+  shortens rows and growth lengthens them: an entry may only be pruned together with
+  every active entry after it, and grown together with every inactive entry before it.
+  Scores are made monotone along each row (suffix maximum for pruning, prefix minimum
+  for growth), and ties are broken towards the row's end (pruning) or start (growth), so
+  the ``k`` entries chosen always keep every row a prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+STRUCTURES = ("unstructured", "prefix")
+
+
+def _check_structure(structure: str) -> None:
+    if structure not in STRUCTURES:
+        raise ValueError(f"unknown mask structure {structure!r}: use one of {STRUCTURES}")
+
+
+def prefix_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """Active entries per row of a prefix-structured 2-D mask."""
+    return mask.sum(dim=1)
+
+
+def prefix_mask(lengths: torch.Tensor, columns: int) -> torch.Tensor:
+    """The 2-D mask whose row ``r`` is active on ``[0, lengths[r])``."""
+    return torch.arange(columns, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def uniform_prefix_mask(shape: torch.Size, budget: int, generator: torch.Generator) -> torch.Tensor:
+    """A prefix mask of exactly ``budget`` entries whose row lengths differ by at most one
+    (the rows that get the remainder are drawn at random): a dense model of the
+    equivalent size, laid out in the full table."""
+    rows, columns = shape
+    base, extra = divmod(budget, rows)
+    lengths = torch.full((rows,), base, dtype=torch.long)
+    lengths[torch.randperm(rows, generator=generator)[:extra]] += 1
+    return prefix_mask(lengths, columns)
+
+
+def prune_scores(magnitude: torch.Tensor, mask: torch.Tensor, structure: str = "unstructured") -> torch.Tensor:
+    """Scores of the active entries (the lowest are pruned); inactive entries score +inf."""
+    _check_structure(structure)
+    scores = magnitude.masked_fill(~mask, math.inf)
+    if structure == "prefix":
+        # An entry leaves only with every active entry after it: it scores the largest
+        # magnitude it would take along (the suffix maximum over the active part).
+        suffix_max = torch.flip(torch.cummax(torch.flip(magnitude.masked_fill(~mask, 0.0), [1]), dim=1).values, [1])
+        scores = suffix_max.masked_fill(~mask, math.inf)
+    return scores
+
+
+def grow_scores(gradient: torch.Tensor, mask: torch.Tensor, structure: str = "unstructured") -> torch.Tensor:
+    """Scores of the inactive entries (the highest are grown); active entries score -inf."""
+    _check_structure(structure)
+    if structure == "prefix":
+        # An entry joins only with every inactive entry before it: it scores the smallest
+        # gradient it would bring along (the prefix minimum over the inactive part).
+        gradient = torch.cummin(gradient.masked_fill(mask, math.inf), dim=1).values
+    return gradient.masked_fill(mask, -math.inf)
+
+
+def _tie_order(shape: torch.Size, structure: str, towards_end: bool, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Flat positions in the order that breaks ties: for ``prefix`` by column (last first
+    when ``towards_end``), rows in random order within a column; else random."""
+    numel = math.prod(shape)
+    if structure != "prefix":
+        return torch.randperm(numel, generator=generator)
+    rows, columns = shape
+    row_order = torch.randperm(rows, generator=generator)
+    column_order = torch.arange(columns - 1, -1, -1) if towards_end else torch.arange(columns)
+    return (row_order.unsqueeze(0) * columns + column_order.unsqueeze(1)).flatten()
+
+
+def select_lowest(
+    scores: torch.Tensor, k: int, structure: str = "unstructured", generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Flat indices of the ``k`` lowest scores; ties go to the end of a prefix row first."""
+    return _select(scores, k, structure, generator, lowest=True)
+
+
+def select_highest(
+    scores: torch.Tensor, k: int, structure: str = "unstructured", generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Flat indices of the ``k`` highest scores; ties go to the start of a prefix row first."""
+    return _select(scores, k, structure, generator, lowest=False)
+
+
+def _select(scores: torch.Tensor, k: int, structure: str, generator: Optional[torch.Generator], lowest: bool) -> torch.Tensor:
+    _check_structure(structure)
+    if structure == "unstructured":
+        return torch.topk(scores.flatten(), k, largest=not lowest).indices
+    order = _tie_order(scores.shape, structure, towards_end=lowest, generator=generator).to(scores.device)
+    ordered = scores.flatten()[order]
+    ranked = torch.sort(ordered, descending=not lowest, stable=True).indices[:k]
+    return order[ranked]

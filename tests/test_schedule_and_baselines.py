@@ -1,0 +1,173 @@
+"""The schedule fits the run (T_end in epochs, early stopping only after it) and the
+equal-budget dense baseline (dense_small) has as many parameters as the sparse budget."""
+
+import json
+
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.trainer import Trainer
+from recbole.utils import get_model, init_seed
+
+from recbole_dsl.methods import METHODS
+from recbole_dsl.model_size import fit_dense_small, sparse_nonzeros, trainable_params
+from recbole_dsl.quick_start import load_config, run_recbole_dsl
+from recbole_dsl.sparse import round_budget
+from recbole_dsl.sparse.prune_grow import prefix_lengths, prefix_mask
+from recbole_dsl.trainer import create_trainer
+
+
+def build(tiny_data_path, tmp_path, model="BPR", **overrides):
+    config = load_config(
+        model, "tiny",
+        config_dict={
+            "data_path": tiny_data_path, "show_progress": False, "state": "ERROR",
+            "checkpoint_dir": str(tmp_path / "saved"), **overrides,
+        },
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    return config, train_data, valid_data
+
+
+def worsening_validation(monkeypatch):
+    """Every validation scores lower than the one before: only early stopping ends a run."""
+    scores = iter(range(1000, 0, -1))
+    monkeypatch.setattr(Trainer, "_valid_epoch", lambda self, data, show_progress=False: (next(scores) / 1000, {}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dsl", "dsl_prefix", "set"])
+def test_early_stopping_counts_only_after_mask_exploration_ends(tiny_data_path, tmp_path, monkeypatch, method):
+    worsening_validation(monkeypatch)
+    config, train_data, valid_data = build(
+        tiny_data_path, tmp_path, dsl_method=method, epochs=50, update_epochs=4, stopping_step=1, update_interval=2,
+    )
+    trainer = create_trainer(config, get_model("BPR")(config, train_data._dataset))
+    updates = []
+    trainer.sparsity.on_update = updates.append
+    trainer.fit(train_data, valid_data, saved=False)
+    steps = len(train_data)
+    assert trainer.sparsity.schedule.end_iteration == 4 * steps  # T_end: update_epochs of iterations
+    assert updates and max(u.iteration for u in updates) <= 4 * steps
+    # 4 epochs of exploration, then RecBole's rule: stop after stopping_step + 1 validations
+    # without improvement, the first of them the one that follows the end of exploration.
+    assert len(trainer.train_loss_dict) == 4 + 1
+
+
+@pytest.mark.slow
+def test_a_static_mask_stops_early_at_once(tiny_data_path, tmp_path, monkeypatch):
+    worsening_validation(monkeypatch)
+    config, train_data, valid_data = build(tiny_data_path, tmp_path, dsl_method="rp", epochs=50, update_epochs=4, stopping_step=1)
+    trainer = create_trainer(config, get_model("BPR")(config, train_data._dataset))
+    trainer.fit(train_data, valid_data, saved=False)
+    assert len(trainer.train_loss_dict) == 3  # the best at epoch 0, two worse validations
+
+
+def test_t_end_is_update_end_of_the_epochs_when_sooner(tiny_data_path, tmp_path):
+    config, train_data, _ = build(tiny_data_path, tmp_path, epochs=10, update_end=0.2, update_epochs=30)
+    trainer = create_trainer(config, get_model("BPR")(config, train_data._dataset))
+    trainer._train_epoch(train_data, 0)
+    assert trainer.sparsity.schedule.end_iteration == 2 * len(train_data)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, "ten", True])
+def test_update_epochs_is_checked(tiny_data_path, value):
+    from recbole_dsl.utils import DSLConfigError
+
+    with pytest.raises(DSLConfigError, match=r"invalid update_epochs=.*: expected an integer >= 1"):
+        load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, "update_epochs": value})
+
+
+# ---------------------------------------------------------------- dense_small
+@pytest.mark.parametrize("model, sparsity", [("BPR", 0.8), ("BPR", 0.9), ("LightGCN", 0.9), ("NeuMF", 0.8),
+                                             ("MultiVAE", 0.9), ("SASRec", 0.8)])
+def test_dense_small_matches_the_sparse_budget(tiny_data_path, tmp_path, model, sparsity):
+    extra = {"load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]}} if model == "SASRec" else {}
+    config, train_data, _ = build(tiny_data_path, tmp_path, model=model, dsl_method="dense_small", sparsity=sparsity, **extra)
+    model_class = get_model(model)
+    full = model_class(config, train_data._dataset)
+    names = [n for n, p in full.named_parameters() if p.requires_grad and p.dim() >= 2]
+    expected_budget = sum(round_budget(1 - sparsity, full.get_parameter(n).numel()) for n in names) + sum(
+        p.numel() for n, p in full.named_parameters() if p.requires_grad and n not in names
+    )
+    assert sparse_nonzeros(full, config) == expected_budget
+
+    fitted = fit_dense_small(config, lambda: model_class(config, train_data._dataset))
+    small = model_class(config, train_data._dataset)
+    assert fitted["budget"] == expected_budget and fitted["params"] == trainable_params(small)
+    assert trainable_params(small) < trainable_params(full)
+    assert all(config[k] == v for k, v in fitted["sizes"].items())
+    if model in ("BPR", "LightGCN"):  # one size: no other embedding size is nearer the budget
+        rows = full.n_users + full.n_items
+        best = min(range(1, 65), key=lambda e: abs(rows * e - expected_budget))
+        assert fitted["sizes"] == {"embedding_size": best}
+    else:
+        assert abs(fitted["params"] - expected_budget) <= 0.05 * expected_budget
+
+
+@pytest.mark.slow
+def test_dense_small_run_reports_its_sizes_and_trains_dense(tiny_data_path, tmp_path):
+    results = tmp_path / "small.json"
+    result = run_recbole_dsl(
+        "BPR", "tiny",
+        config_dict={"data_path": tiny_data_path, "dsl_method": "dense_small", "sparsity": 0.8, "epochs": 2,
+                     "show_progress": False, "state": "ERROR", "checkpoint_dir": str(tmp_path / "saved"),
+                     "results_file": str(results)},
+    )
+    saved = json.loads(results.read_text())
+    assert saved["dense_small"] == result["dense_small"]
+    size = result["dense_small"]["sizes"]["embedding_size"]
+    assert result["dsl"]["sparsity"] == 0.8 and result["final_density"] == 1.0
+    assert all(entry["numel"] == entry["nnz"] and entry["numel"] % size == 0 for entry in result["sparsified"].values())
+    assert result["costs"]["params"] == result["dense_small"]["params"] == result["costs"]["nonzero_params"]
+    assert len(result["valid_scores"]) == 2 and all(len(pair) == 2 for pair in result["valid_scores"])
+
+
+@pytest.mark.slow
+def test_dsl_prefix_keeps_embedding_rows_prefixes_in_a_run(tiny_data_path, tmp_path):
+    config, train_data, valid_data = build(tiny_data_path, tmp_path, dsl_method="dsl_prefix", sparsity=0.8, epochs=3,
+                                           update_interval=2)
+    trainer = create_trainer(config, get_model("BPR")(config, train_data._dataset))
+    initial = {n: prefix_lengths(m).clone() for n, m in trainer.sparsity.masks.items()}
+    assert all(int(lengths.max() - lengths.min()) <= 1 for lengths in initial.values())  # the dense_small layout
+    trainer.fit(train_data, valid_data, saved=False)
+    for name, mask in trainer.sparsity.masks.items():
+        weight = trainer.model.get_parameter(name)
+        assert trainer.sparsity.structures[name] == "prefix"
+        assert torch.equal(mask, prefix_mask(prefix_lengths(mask), mask.shape[1]))
+        assert int(mask.sum()) == round_budget(0.2, mask.numel()) and torch.all(weight[~mask] == 0)
+        assert not torch.equal(prefix_lengths(mask), initial[name])  # lengths moved between rows
+
+
+def test_every_method_is_a_valid_dsl_method(tiny_data_path):
+    for name in METHODS:
+        sparsity = {} if name == "dense" else {"sparsity": 0.5}
+        assert load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, "dsl_method": name, **sparsity})["dsl_method"] == name
+
+
+@pytest.mark.parametrize("value", [1, "yes", 0.5])
+def test_regrown_keep_values_is_checked(tiny_data_path, value):
+    from recbole_dsl.utils import DSLConfigError
+
+    with pytest.raises(DSLConfigError, match=r"invalid regrown_keep_values=.*: expected True or False"):
+        load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, "regrown_keep_values": value})
+
+
+def test_growth_gradient_is_checked(tiny_data_path):
+    from recbole_dsl.utils import DSLConfigError
+
+    with pytest.raises(DSLConfigError, match=r"invalid growth_gradient='epoch': expected batch or interval \(or ~ for the method's own\)"):
+        load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, "growth_gradient": "epoch"})
+
+
+@pytest.mark.parametrize("method, setting, expected", [
+    ("dsl", None, "batch"), ("dsl_prefix", None, "batch"), ("dsl_mixed", None, "interval"),
+    ("dsl", "interval", "interval"), ("dsl_mixed", "batch", "batch"),
+])
+def test_growth_gradient_is_the_methods_unless_set(tiny_data_path, tmp_path, method, setting, expected):
+    overrides = {"growth_gradient": setting} if setting else {}
+    config, train_data, _ = build(tiny_data_path, tmp_path, dsl_method=method, sparsity=0.8, **overrides)
+    trainer = create_trainer(config, get_model("BPR")(config, train_data._dataset))
+    assert trainer.sparsity.growth_gradient == expected
+    assert set(trainer.sparsity.structures.values()) == {"unstructured" if method == "dsl" else "prefix"}
