@@ -466,9 +466,33 @@ def run_experiment(experiment: str, runs: List[Run], args: argparse.Namespace) -
 
 
 # ------------------------------------------------------------------------------ sensitivity
+SENSITIVITY_KEYS = ("sparsity", "update_interval", "init_update_ratio")
+
+
+def sensitivity_grid_runs(args: argparse.Namespace, profile: Profile) -> List[Run]:
+    """``--runner=process``: the sweep file's grid as one run each, without Ray."""
+    with open(args.sweep, encoding="utf-8") as f:
+        space = (yaml.safe_load(f) or {}).get("search_space") or {}
+    if set(space) != set(SENSITIVITY_KEYS) or not all(isinstance(spec, dict) and list(spec) == ["grid"] for spec in space.values()):
+        raise ExperimentError(f"sweep {args.sweep}: --runner=process needs a grid over exactly {', '.join(SENSITIVITY_KEYS)}")
+    return [
+        Run("sensitivity", model, dataset, args.method, float(sparsity), seed, profile,
+            {"update_interval": interval, "init_update_ratio": rho})
+        for dataset in args.datasets
+        for model in args.models
+        for seed in args.seeds or profile.seeds
+        for sparsity in space["sparsity"]["grid"]
+        for interval in space["update_interval"]["grid"]
+        for rho in space["init_update_ratio"]["grid"]
+    ]
+
+
 def sensitivity(args: argparse.Namespace, profile: Profile) -> int:
     """The ΔT × ρ0 grid at three sparsities, run by the sweep command (Ray Tune) and
-    converted into benchmarks/results/sensitivity.csv."""
+    converted into benchmarks/results/sensitivity.csv; with ``--runner=process`` every
+    grid point is a run of its own, as in the quality experiment."""
+    if args.runner == "process":
+        return run_experiment("sensitivity", sensitivity_grid_runs(args, profile), args)
     if not args.dry_run:
         record_command(args)
     failures = 0
@@ -502,7 +526,12 @@ def sensitivity(args: argparse.Namespace, profile: Profile) -> int:
                     print(f"{label}: FAILED (exit status {completed.returncode}): {error_line(run_dir / 'output.log')}")
                     failures += 1
                     continue
-                rows = [sensitivity_row(run, trial, config) for trial in trials]
+                # Trials an interruption left PENDING never trained: they are not results.
+                pending = sum(1 for trial in trials if trial.get("status") == "PENDING")
+                rows = [sensitivity_row(run, trial, config) for trial in trials if trial.get("status") != "PENDING"]
+                if pending:
+                    print(f"{label}: {pending} trials not run (the sweep was interrupted): run the command again", flush=True)
+                    failures += 1
                 csv_file = Path(args.results_dir) / "sensitivity.csv"
                 keys = {tuple(r.get(c, "") for c in KEY_COLUMNS["sensitivity"]) for r in read_rows(csv_file)}
                 new = [r for r in rows if tuple(cell(r[c]) for c in KEY_COLUMNS["sensitivity"]) not in keys]
@@ -580,6 +609,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                       ["LightGCN"], ["ml-1m"])
     sens.add_argument("--sweep", default=str(ROOT / "properties" / "sweep" / "sensitivity.yaml"))
     sens.add_argument("--method", choices=("dsl", "set", "dsl_prefix", "dsl_mixed"), default="dsl", help="the exploring method swept")
+    sens.add_argument("--runner", choices=("ray", "process"), default="ray",
+                      help="ray: one sweep through --sweep (Ray Tune); process: one run_recbole_dsl.py process per grid point")
 
     popularity = experiment("popularity", "density of embedding rows by popularity group (Figure 4)",
                             ["LightGCN"], ["ml-1m"])

@@ -208,6 +208,29 @@ def test_sensitivity_goes_through_the_sweep_command(tiny_args, tmp_path):
     assert f"| 3 | {float(rows[1]['ndcg@10']):.4f} |" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
+def test_sensitivity_process_runner_runs_each_grid_point_and_resumes(tiny_args, tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        "search_space:\n  sparsity: {grid: [0.8]}\n  update_interval: {grid: [1, 3]}\n"
+        "  init_update_ratio: {grid: [0.5]}\nmetric: ndcg@10\n"
+    )
+    args = (*tiny_args(), f"--sweep={sweep}", "--runner=process", "--method=dsl_mixed")
+    out = harness("sensitivity", *args, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = read_csv(tmp_path / "results" / "sensitivity.csv")
+    assert [(r["method"], r["sparsity"], r["update_interval"], r["init_update_ratio"]) for r in rows] == [
+        ("dsl_mixed", "0.8", "1", "0.5"), ("dsl_mixed", "0.8", "3", "0.5")]
+    assert all(r["error"] == "" and 0 <= float(r["ndcg@10"]) <= 1 for r in rows)
+    assert rows[0]["ndcg@10"] != rows[1]["ndcg@10"] or rows[0]["best_valid_score"] != rows[1]["best_valid_score"]
+    again = harness("sensitivity", *args, cwd=tmp_path)
+    assert again.returncode == 0 and "2 already in" in again.stdout
+
+    sweep.write_text("search_space:\n  sparsity: {grid: [0.8]}\n  learning_rate: {grid: [0.1]}\n")
+    refused = harness("sensitivity", *args, cwd=tmp_path)
+    assert refused.returncode == 2 and "--runner=process needs a grid over exactly" in refused.stderr
+
+
 def test_missing_dataset_names_the_prepare_command(tmp_path):
     out = harness("quality", "--datasets", "ml-1m", f"--data_path={tmp_path}", cwd=tmp_path)
     assert out.returncode == 2
