@@ -29,6 +29,15 @@ experiments:
 """
 
 
+SENSITIVITY_SWEEP = """\
+search_space:
+  sparsity: {grid: [0.8]}
+  update_interval: {grid: [1, 3]}
+  init_update_ratio: {grid: [0.5]}
+metric: ndcg@10
+"""
+
+
 def harness(*args, cwd):
     return subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "experiments.py"), *args],
@@ -181,10 +190,7 @@ def test_convergence_and_popularity_experiments_and_plots(tiny_args, tmp_path):
 @pytest.mark.slow
 def test_sensitivity_goes_through_the_sweep_command(tiny_args, tmp_path):
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(
-        "search_space:\n  sparsity: {grid: [0.8]}\n  update_interval: {grid: [1, 3]}\n"
-        "  init_update_ratio: {grid: [0.5]}\nmetric: ndcg@10\n"
-    )
+    sweep.write_text(SENSITIVITY_SWEEP)
     out = harness("sensitivity", *tiny_args(), f"--sweep={sweep}", cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     csv_file = tmp_path / "results" / "sensitivity.csv"
@@ -211,10 +217,7 @@ def test_sensitivity_goes_through_the_sweep_command(tiny_args, tmp_path):
 @pytest.mark.slow
 def test_sensitivity_process_runner_runs_each_grid_point_and_resumes(tiny_args, tmp_path):
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(
-        "search_space:\n  sparsity: {grid: [0.8]}\n  update_interval: {grid: [1, 3]}\n"
-        "  init_update_ratio: {grid: [0.5]}\nmetric: ndcg@10\n"
-    )
+    sweep.write_text(SENSITIVITY_SWEEP)
     args = (*tiny_args(), f"--sweep={sweep}", "--runner=process", "--method=dsl_mixed")
     out = harness("sensitivity", *args, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from recbole_dsl.sparse.prune_grow import (
-    STRUCTURES,
     grow_scores,
     prune_scores,
     select_highest,
@@ -386,11 +385,11 @@ class MaskManager:
             if grown is not None and self.grown_init_scale > 0:
                 kept = flat[old_mask.flatten() & self.masks[name].flatten()]
                 scale = self.grown_init_scale * float(kept.pow(2).mean().sqrt()) if kept.numel() else 0.0
-            flat[local] = 0.0
-            if grown is not None and self.grown_init_scale > 0:
                 local_grown = grown[(grown >= offset) & (grown < offset + numel)] - offset
-                noise = torch.randn(local_grown.numel(), generator=self._generator).to(flat)
-                flat[local_grown] = scale * noise
+                flat[local] = 0.0
+                flat[local_grown] = scale * torch.randn(local_grown.numel(), generator=self._generator).to(flat)
+            else:
+                flat[local] = 0.0
             self._reset_optimizer_state(p, local)
             offset += numel
 
