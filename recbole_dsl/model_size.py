@@ -4,7 +4,7 @@ of the configured sparsity has non-zeros."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple, Union
 
 from torch import nn
 
@@ -21,8 +21,9 @@ SIZE_KEYS: Dict[str, Tuple[str, ...]] = {
     "SASRec": ("hidden_size", "inner_size"),
 }
 GENERIC_SIZE_KEYS = ("embedding_size", "hidden_size", "inner_size", "mlp_hidden_size", "latent_dimension")
-# Sizes that must stay multiples of another setting (attention heads split the hidden size).
-MULTIPLE_OF = {"hidden_size": "n_heads"}
+# Sizes that must stay multiples of a number or of another setting: attention heads split
+# the hidden size, and MultiVAE splits its latent layer into a mean and a log-variance half.
+MULTIPLE_OF: Dict[str, Union[int, str]] = {"hidden_size": "n_heads", "latent_dimension": 2}
 
 
 def trainable_params(model: nn.Module) -> int:
@@ -48,7 +49,8 @@ def scaled_sizes(config, base: Dict[str, Any], factor: float) -> Dict[str, Any]:
     """``base`` sizes times ``factor``, rounded, at least 1 (or one multiple)."""
 
     def scale(key: str, value: int) -> int:
-        step = int(config[MULTIPLE_OF[key]] or 1) if key in MULTIPLE_OF and key in config else 1
+        multiple = MULTIPLE_OF.get(key, 1)
+        step = int(config[multiple] or 1) if isinstance(multiple, str) else multiple
         return max(step, int(round(value * factor / step)) * step)
 
     return {k: [scale(k, v) for v in value] if isinstance(value, list) else scale(k, value) for k, value in base.items()}

@@ -81,7 +81,7 @@ def test_update_epochs_is_checked(tiny_data_path, value):
 
 # ---------------------------------------------------------------- dense_small
 @pytest.mark.parametrize("model, sparsity", [("BPR", 0.8), ("BPR", 0.9), ("LightGCN", 0.9), ("NeuMF", 0.8),
-                                             ("MultiVAE", 0.9), ("SASRec", 0.8)])
+                                             ("MultiVAE", 0.9), ("MultiVAE", 0.8), ("SASRec", 0.8)])
 def test_dense_small_matches_the_sparse_budget(tiny_data_path, tmp_path, model, sparsity):
     extra = {"load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]}} if model == "SASRec" else {}
     config, train_data, _ = build(tiny_data_path, tmp_path, model=model, dsl_method="dense_small", sparsity=sparsity, **extra)
@@ -171,3 +171,13 @@ def test_growth_gradient_is_the_methods_unless_set(tiny_data_path, tmp_path, met
     trainer = create_trainer(config, get_model("BPR")(config, train_data._dataset))
     assert trainer.sparsity.growth_gradient == expected
     assert set(trainer.sparsity.structures.values()) == {"unstructured" if method == "dsl" else "prefix"}
+
+
+def test_scaled_sizes_keep_their_multiples():
+    from recbole_dsl.model_size import scaled_sizes
+
+    config = {"n_heads": 4}
+    for factor in (0.05, 0.2, 0.33, 0.5, 0.77):
+        sizes = scaled_sizes(config, {"latent_dimension": 128, "hidden_size": 64, "inner_size": 256}, factor)
+        assert sizes["latent_dimension"] % 2 == 0 and sizes["hidden_size"] % 4 == 0
+        assert sizes["inner_size"] == max(1, round(256 * factor))
