@@ -260,17 +260,21 @@ def quality_row(model, method, sparsity, ndcg, epochs):
 def test_quality_report_tables_and_targets(tmp_path):
     report = load_benchmark_module("results_report")
     rows = [quality_row("BPR", "dense", 0.0, 0.2, 20), quality_row("BPR", "dsl", 0.8, 0.197, 20),
-            quality_row("BPR", "rp", 0.8, 0.1, 20), quality_row("BPR", "dsl", 0.9, 0.18, 20),
-            quality_row("BPR", "set", 0.9, 0.19, 20), quality_row("SASRec", "dense", 0.0, 0.1, 3),
-            quality_row("SASRec", "dsl", 0.8, 0.05, 3)]
+            quality_row("BPR", "rp", 0.8, 0.1, 20), quality_row("BPR", "mp", 0.8, 0.15, 20),
+            quality_row("BPR", "dsl", 0.9, 0.182, 20), quality_row("BPR", "set", 0.9, 0.19, 20),
+            quality_row("BPR", "dense_small", 0.9, 0.187, 20),
+            quality_row("SASRec", "dense", 0.0, 0.1, 3), quality_row("SASRec", "dsl", 0.8, 0.05, 3)]
     written = []
     text = "\n".join(report.quality_section(rows, tmp_path, written, ["python benchmarks/experiments.py quality"]))
     assert "\n    python benchmarks/experiments.py quality\n" in text
-    assert "| BPR | 20 | dsl | 0.2000 | 0.1970 | 0.1800 |" in text
+    assert "| BPR | 20 | dsl | 0.2000 | 0.1970 | 0.1820 |" in text
     assert "| BPR | 20 | rp | 0.2000 | 0.1000 | – |" in text
+    assert "| BPR | 20 | dense_small | 0.2000 | – | 0.1870 |" in text
     assert "| SASRec | 3 | dsl | 0.1000 | 0.0500 | – |" in text
-    assert "| BPR | 98.5% (met) | 90.0% (5.0% short) | 0.9: set by 0.0100 |" in text
-    assert "| SASRec | 50.0% (48.0% short) | – | none |" in text
+    # the best DSL method against dense, dense_small and MP (set is not a target)
+    assert ("| BPR | 98.5% dsl (met) | 91.0% dsl (met) | 0.8: dsl beats mp by 0.0470; "
+            "0.9: dsl loses to dense_small by 0.0050 |") in text
+    assert "| SASRec | 50.0% dsl (45.0% short) | – | – |" in text
     assert [p.name for p in written] == ["quality-d-p.png"] and written[0].stat().st_size > 0
 
 
