@@ -2,7 +2,7 @@
 
     python run_recbole_dsl.py --model=LightGCN --dataset=ml-100k --sparsity=0.9
 
-Every RecBole setting and DSL property can be given as ``--key=value``. With
+Every RecBole setting and DSL property can be given as ``--key=value`` or ``--key value``. With
 ``--sweep=FILE --sweep_dir=DIR`` it runs a hyperparameter sweep with Ray Tune instead
 (see ``recbole_dsl.tuning``); the exit status is then 1 when no trial finished or the
 sweep was interrupted.
@@ -14,10 +14,39 @@ import warnings
 from typing import List, Optional
 
 from recbole_dsl.quick_start import run_recbole_dsl
-from recbole_dsl.utils import DSLError, DSLSweepError
+from recbole_dsl.utils import DSLConfigError, DSLError, DSLInterrupted, DSLSweepError
+
+
+SHORT_OPTIONS = {"-m": "--model", "-d": "--dataset"}
+
+
+def normalize_arguments(argv: List[str]) -> List[str]:
+    """``--key value`` and ``-m BPR`` as the ``--key=value`` that RecBole reads from
+    ``sys.argv``; anything else it would silently ignore is refused."""
+    arguments, i = [], 0
+    while i < len(argv):
+        arg = SHORT_OPTIONS.get(argv[i], argv[i])
+        if arg.startswith("--") and "=" not in arg and arg not in ("--help",):
+            if i + 1 == len(argv) or argv[i + 1].startswith("--"):
+                raise DSLConfigError(f"{arg} has no value: give it as {arg}=VALUE")
+            arg, i = f"{arg}={argv[i + 1]}", i + 1
+        if arg in ("-h", "--help"):
+            arguments.append(arg)
+        elif not arg.startswith("--") or len(arg[2:].split("=")) != 2 or not arg[2:].split("=")[0]:
+            raise DSLConfigError(f"cannot read the argument {arg!r}: give settings as --key=value")
+        else:
+            arguments.append(arg)
+        i += 1
+    return arguments
 
 
 def main() -> int:
+    try:
+        # RecBole's Config reads the settings from sys.argv itself.
+        sys.argv[1:] = normalize_arguments(sys.argv[1:])
+    except DSLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", type=str, default="BPR", help="name of a RecBole model")
     parser.add_argument("--dataset", "-d", type=str, default="ml-100k", help="name of a dataset")
@@ -31,6 +60,12 @@ def main() -> int:
         if args.sweep or args.sweep_dir or args.ray_address:
             return _sweep(args, config_file_list)
         run_recbole_dsl(model=args.model, dataset=args.dataset, config_file_list=config_file_list)
+    except DSLInterrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("error: interrupted before training started", file=sys.stderr)
+        return 130
     except DSLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import math
 import numbers
 import re
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, FrozenSet, Iterable, List
 
+import recbole
 import torch
 import yaml
 from recbole.config import Config
@@ -27,6 +30,43 @@ from recbole_dsl.utils import PROPERTIES_DIR, DSLConfigError
 
 DSL_PROPERTIES_FILE = PROPERTIES_DIR / "dsl.yaml"
 DSL_METHODS = tuple(METHODS)
+RECBOLE_DIR = Path(recbole.__file__).resolve().parent
+# run_recbole_dsl.py's own arguments, which RecBole's command-line reader also sees.
+ENTRY_POINT_ARGUMENTS = ("model", "dataset", "config_files", "sweep", "sweep_dir", "ray_address")
+_CONFIG_READ = re.compile(r"""config\[\s*["'](\w+)["']\s*\]""")
+
+
+@functools.lru_cache(maxsize=None)
+def known_keys() -> FrozenSet[str]:
+    """Every setting that something reads: the keys of RecBole's property files (overall,
+    every model, every dataset) and of this project's, and the ``config["key"]`` reads in
+    RecBole's code, for settings such as ``world_size`` that no property file lists.
+    RecBole's own Config accepts any key, so a typo would otherwise train with the default."""
+    keys = set(ENTRY_POINT_ARGUMENTS)
+    property_files = [*(RECBOLE_DIR / "properties").rglob("*.yaml"), DSL_PROPERTIES_FILE]
+    for folder in ("model", "dataset", "protocol"):
+        property_files += (PROPERTIES_DIR / folder).glob("*.yaml")
+    for path in property_files:
+        with open(path, encoding="utf-8") as f:
+            content = yaml.safe_load(f)
+        if isinstance(content, dict):
+            keys.update(content)
+    for path in RECBOLE_DIR.rglob("*.py"):
+        keys.update(_CONFIG_READ.findall(path.read_text(encoding="utf-8", errors="ignore")))
+    return frozenset(keys)
+
+
+def check_known_keys(keys: Iterable[str], source: str) -> None:
+    """Refuse a key that no RecBole model, dataset, evaluation setting or DSL property reads,
+    with the nearest known key as a suggestion."""
+    known = known_keys()
+    for key in keys:
+        if key in known:
+            continue
+        by_case = [k for k in known if k.lower() == str(key).lower()]
+        close = by_case or difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+        hint = f": did you mean {close[0]}?" if close else ": no RecBole model, dataset, evaluation setting or DSL property reads it"
+        raise DSLConfigError(f"unknown setting {key} in {source}{hint}")
 
 
 def _dsl_keys() -> List[str]:
@@ -52,6 +92,13 @@ class DSLConfig(Config):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.notes: List[str] = []
         super().__init__(*args, **kwargs)
+        if self.model_class.__module__.startswith("recbole."):  # a model class of the user's may read keys of its own
+            for source, settings in (
+                ("the config files", self.file_config_dict),
+                ("the config dict", self.variable_config_dict),
+                ("the command line", self.cmd_config_dict),
+            ):
+                check_known_keys(settings or {}, source)
         validate_dsl_config(self)
         if self["dsl_method"] == "dense" and self["sparsity"] != 0:
             if "sparsity" in self.external_config_dict:

@@ -3,11 +3,14 @@ configuration and trainer, and a JSON summary of the run."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
 import sys
+import time
 import urllib.error
+import warnings
 from contextlib import contextmanager
 from logging import getLogger
 from pathlib import Path
@@ -26,7 +29,7 @@ from recbole_dsl.model_size import fit_dense_small
 from recbole_dsl.prepare import prepare_command
 from recbole_dsl.sparse.compact import save_compact
 from recbole_dsl.trainer import DSLTrainerMixin, create_trainer
-from recbole_dsl.utils import DSLConfigError, DSLDatasetError, DSLError
+from recbole_dsl.utils import DSLCheckpointError, DSLConfigError, DSLDatasetError, DSLError, DSLInterrupted
 
 # The dataset names RecBole downloads when their folder is missing, and how long a silent host may stall it.
 RECBOLE_URL_FILE = Path(recbole.__file__).parent / "properties" / "dataset" / "url.yaml"
@@ -72,11 +75,29 @@ def load_config(
 def _check_model_name(model: str) -> None:
     try:
         get_model(model)
+    except AttributeError:
+        # RecBole finds the module by the lower-cased name, then the class by the name as given.
+        suggestion = _model_spelled(model)
+        hint = f": did you mean {suggestion}?" if suggestion else ": give the name of a RecBole model, e.g. BPR, LightGCN or SASRec"
+        raise DSLConfigError(f"unknown model [{model}]{hint}") from None
     except (ValueError, ImportError) as e:
         # RecBole looks in the decision-tree models last, whose import needs lightgbm/xgboost.
         if isinstance(e, ImportError) and model.lower() in ("lightgbm", "xgboost"):
             raise DSLConfigError(f"{model} needs the package {e.name}: pip install {e.name}") from None
         raise DSLConfigError(f"unknown model [{model}]: give the name of a RecBole model, e.g. BPR, LightGCN or SASRec") from None
+
+
+def _model_spelled(model: str) -> Optional[str]:
+    """The RecBole model whose name differs from ``model`` only in case, if any."""
+    for package in ("general_recommender", "sequential_recommender", "context_aware_recommender", "knowledge_aware_recommender"):
+        try:
+            module = importlib.import_module(f"recbole.model.{package}.{model.lower()}")
+        except ImportError:
+            continue
+        for name in dir(module):
+            if name.lower() == model.lower() and isinstance(getattr(module, name), type):
+                return name
+    return None
 
 
 def load_dataset(config: DSLConfig):
@@ -155,8 +176,18 @@ def run_recbole_dsl(
     valid_score)`` is RecBole's ``Trainer.fit`` callback, called after every validation.
     """
     config = load_config(model, dataset, config_file_list, config_dict)
+    check_paths(config)
+    with claim_results_file(config["results_file"]), warnings.catch_warnings():
+        # RecBole 1.2.1's own code warns about pandas' fillna(inplace), torch's SparseTensor and
+        # GradScaler at every run; none of it is the user's to act on.
+        for category in (FutureWarning, DeprecationWarning, UserWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"recbole\.")
+        return _run(config, saved, callback_fn)
+
+
+def _run(config: DSLConfig, saved: bool, callback_fn: Optional[Callable[[int, float], None]]) -> Dict[str, Any]:
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    _init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
@@ -185,9 +216,13 @@ def run_recbole_dsl(
         trainer.resume_checkpoint(config["resume_file"])
     # Only passed when set: RecBole's DecisionTreeTrainer.fit takes no callback_fn.
     fit_kwargs = {"callback_fn": callback_fn} if callback_fn else {}
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"], **fit_kwargs
-    )
+    try:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"], **fit_kwargs
+        )
+    except KeyboardInterrupt:
+        checkpoint = getattr(trainer, "saved_model_file", None)
+        raise DSLInterrupted(checkpoint if saved and checkpoint and os.path.isfile(checkpoint) else None) from None
     # A non-parametric model is fitted once and kept in memory; RecBole's own checkpoint
     # of it pickles scipy objects that torch >= 2.6 refuses to load by default.
     dsl_applied = isinstance(trainer, DSLTrainerMixin)
@@ -228,6 +263,88 @@ def run_recbole_dsl(
     return result
 
 
+def _init_logger(config: DSLConfig) -> None:
+    """RecBole's logger. RecBole names the log file by the time to the second and a hash of
+    the settings' values, which two identical runs started together share; a value of this
+    run's own joins the hash."""
+    config.final_config_dict["log_id"] = f"{os.getpid()}-{time.time_ns()}"
+    try:
+        init_logger(config)
+    finally:
+        del config.final_config_dict["log_id"]
+
+
+def check_paths(config: DSLConfig) -> None:
+    """The checkpoint to resume from must exist, and every place a run writes to must be
+    writable, before training starts: not found unwritable after it."""
+    resume_file = config["resume_file"]
+    if resume_file and not os.path.isfile(resume_file):
+        raise DSLCheckpointError(f"checkpoint {resume_file} does not exist")
+    places = [("checkpoint_dir", config["checkpoint_dir"], True)]
+    if config["results_file"]:
+        places.append(("results_file", config["results_file"], False))
+    for key, path, is_folder in places:
+        if not is_folder and os.path.isdir(path):
+            raise DSLConfigError(f"invalid {key}={path!r}: a folder, expected a file path")
+        if is_folder and os.path.exists(path) and not os.path.isdir(path):
+            raise DSLConfigError(f"invalid {key}={path!r}: a file, expected a folder")
+        folder = os.path.abspath(path if is_folder else os.path.dirname(os.path.abspath(path)))
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            raise DSLConfigError(f"invalid {key}={path!r}: cannot write in {existing}")
+        if not is_folder and os.path.exists(path) and not os.access(path, os.W_OK):
+            raise DSLConfigError(f"invalid {key}={path!r}: the file is read-only")
+
+
+@contextmanager
+def claim_results_file(path: Optional[str]) -> Iterator[None]:
+    """Hold ``<results_file>.lock`` for the run, so that two runs never write the same
+    results file (the last writer would win silently). A lock left by a process that no
+    longer runs is taken over."""
+    if not path:
+        yield
+        return
+    lock = f"{path}.lock"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None and _process_exists(owner):
+                raise DSLConfigError(f"results_file {path} is being written by another run (process {owner}, {lock})") from None
+            os.remove(lock)
+    else:
+        raise DSLConfigError(f"results_file {path} is being written by another run ({lock})")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        os.remove(lock)
+
+
+def _lock_owner(lock: str) -> Optional[int]:
+    try:
+        with open(lock, encoding="utf-8") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def compact_file_name(checkpoint_file: str) -> str:
     """The compact export sits next to the checkpoint: ``saved/BPR-<date>.safetensors``."""
     return os.path.splitext(checkpoint_file)[0] + ".safetensors"
@@ -257,10 +374,16 @@ def _log_summary(logger, result: Dict[str, Any]) -> None:
 
 
 def write_results(path: str, result: Dict[str, Any]) -> None:
-    """Write the summary atomically, so an interrupted write never leaves a broken file."""
+    """Write the summary atomically, so an interrupted or failed write never leaves a broken
+    file, nor a temporary one."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise DSLConfigError(f"cannot write results_file {path}: {e.strerror or e}") from None

@@ -11,7 +11,10 @@ carry the masks, the end of the schedule, logging).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import os
+import shutil
 import time
 from logging import getLogger
 from typing import Dict, List, Type
@@ -43,6 +46,41 @@ def clear_cached_embeddings(model: nn.Module) -> None:
             setattr(model, name, None)
 
 
+# The settings a resumed run must share with its checkpoint: they fixed the masks, their
+# budgets and the schedule (T_end) that the checkpoint holds.
+RESUME_SETTINGS = (
+    "dsl_method",
+    "sparsity",
+    "sparse_params",
+    "sparsity_distribution",
+    "shared_budget",
+    "update_interval",
+    "init_update_ratio",
+    "min_update_ratio",
+    "update_end",
+    "update_epochs",
+    "prune_epoch_fraction",
+    "growth_gradient",
+    "regrown_keep_values",
+)
+
+
+def unique_checkpoint_name(path: str) -> str:
+    """RecBole names a checkpoint by the model and the time to the second; two runs started
+    together would share it and test each other's model. The process id and, within one
+    process, a counter make the name the run's own."""
+    stem, extension = os.path.splitext(path)
+    for n in itertools.count():
+        candidate = f"{stem}-{os.getpid()}{f'-{n}' if n else ''}{extension}"
+        if candidate not in _claimed_names and not os.path.exists(candidate):
+            _claimed_names.add(candidate)
+            return candidate
+    raise AssertionError("unreachable")
+
+
+_claimed_names: set = set()
+
+
 class DSLTrainerMixin:
     """Adds Dynamic Sparse Learning to a RecBole trainer class (put it first in the bases).
 
@@ -57,6 +95,10 @@ class DSLTrainerMixin:
 
     sparsity: MaskManager
     dense_iterations: int
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.saved_model_file = unique_checkpoint_name(self.saved_model_file)
 
     def _build_optimizer(self, **kwargs):
         optimizer = super()._build_optimizer(**kwargs)
@@ -257,7 +299,7 @@ class DSLTrainerMixin:
             "config": {
                 "model": self.config["model"],
                 "dataset": self.config["dataset"],
-                "dsl_method": self.config["dsl_method"],
+                **{key: self.config[key] for key in RESUME_SETTINGS},
             },
             "epoch": epoch,
             "cur_step": self.cur_step,
@@ -273,6 +315,7 @@ class DSLTrainerMixin:
             "gradient_growth_updates": self.gradient_growth_updates,
             "epoch_seconds": list(self.epoch_seconds),
             "valid_scores": [list(pair) for pair in self.valid_scores],
+            "train_loss": [[int(e), float(loss)] for e, loss in self.train_loss_dict.items()],
         }
         torch.save(state, saved_model_file)
         if verbose:
@@ -301,6 +344,9 @@ class DSLTrainerMixin:
             raise DSLCheckpointError(
                 f"checkpoint {checkpoint_file} holds a {checkpoint['config'].get('model')} model, not {self.config['model']}"
             )
+        dataset = checkpoint["config"].get("dataset", self.config["dataset"])
+        if dataset != self.config["dataset"]:
+            raise DSLCheckpointError(f"checkpoint {checkpoint_file} was trained on dataset {dataset}, not {self.config['dataset']}")
         method = checkpoint["config"].get("dsl_method", "dsl")
         if method != self.config["dsl_method"]:
             raise DSLCheckpointError(
@@ -318,9 +364,13 @@ class DSLTrainerMixin:
         return checkpoint
 
     def resume_checkpoint(self, resume_file):
+        """Continue from ``resume_file`` with the settings it was trained with; later
+        checkpoints go to this run's own file, which starts as a copy of it, so the input is
+        never overwritten and the best model so far stays the one tested."""
         resume_file = str(resume_file)
         checkpoint = self._load_checkpoint(resume_file)
-        self.saved_model_file = resume_file
+        self._check_resume_settings(resume_file, checkpoint["config"])
+        shutil.copyfile(resume_file, self.saved_model_file)
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
@@ -333,11 +383,24 @@ class DSLTrainerMixin:
         self.gradient_growth_updates = int(checkpoint.get("gradient_growth_updates", 0))
         self.epoch_seconds = [float(s) for s in checkpoint.get("epoch_seconds", [])]
         self.valid_scores = [[int(e), float(v)] for e, v in checkpoint.get("valid_scores", [])]
+        self.train_loss_dict.update({int(e): float(loss) for e, loss in checkpoint.get("train_loss", [])})
         self._end_iteration_measured = True
         self.logger.info(
             f"Checkpoint loaded. Resume training from epoch {self.start_epoch} "
             f"(DSL iteration {self.sparsity.iteration} of {self.sparsity.schedule.end_iteration})"
         )
+
+    def _check_resume_settings(self, resume_file: str, saved: Dict) -> None:
+        differences = [
+            f"{key}={saved[key]!r} there, {self.config[key]!r} here"
+            for key in RESUME_SETTINGS
+            if key in saved and saved[key] != self.config[key]
+        ]
+        if differences:
+            raise DSLCheckpointError(
+                f"checkpoint {resume_file} was trained with other settings ({'; '.join(differences)}): "
+                "resume with its settings, or start a new run"
+            )
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if eval_data and load_best_model:

@@ -42,7 +42,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from recbole.config import Config
 
-from recbole_dsl.config import DSLConfig, validate_dsl_config
+from recbole_dsl.config import DSLConfig, ENTRY_POINT_ARGUMENTS, check_known_keys, validate_dsl_config
 from recbole_dsl.quick_start import load_config, run_recbole_dsl
 from recbole_dsl.utils import DSLConfigError, DSLSweepError
 
@@ -67,8 +67,6 @@ SWEEP_CONTROLLED_KEYS = {
     "results_file": "the sweep writes results.csv",
     "resume_file": "a sweep trains every trial from the start",
 }
-# Arguments of run_recbole_dsl.py itself, not RecBole settings.
-COMMAND_LINE_ARGUMENTS = ("model", "dataset", "config_files", "sweep", "sweep_dir", "ray_address")
 # Settings that hold paths: made absolute, since trials run in their own folders.
 PATH_KEYS = ("data_path", "dataset_save_path", "dataloaders_save_path")
 SWEEP_RECORD = "sweep.json"
@@ -246,7 +244,7 @@ def command_line_settings() -> Dict[str, Any]:
     """The ``--key=value`` settings of the command line, parsed and typed as RecBole's
     :class:`~recbole.config.Config` parses them, without run_recbole_dsl.py's own arguments."""
     settings = Config._load_cmd_line(Config.__new__(Config))
-    return {key: value for key, value in settings.items() if key not in COMMAND_LINE_ARGUMENTS}
+    return {key: value for key, value in settings.items() if key not in ENTRY_POINT_ARGUMENTS}
 
 
 def collect_settings(sweep: Sweep, config_file_list: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -322,6 +320,10 @@ def check_sweep(sweep: Sweep, config: DSLConfig) -> Tuple[str, str]:
         raise DSLSweepError(
             f"sweep file {sweep.path}: scheduler.asha.grace_period: {sweep.asha['grace_period']} exceeds epochs={config['epochs']}"
         )
+    try:
+        check_known_keys(sweep.search_space, f"sweep file {sweep.path}: search_space")
+    except DSLConfigError as e:
+        raise DSLSweepError(str(e)) from None
     base = dict(config.final_config_dict)
     space = sweep.param_space()
     for key, spec in sweep.search_space.items():

@@ -25,3 +25,12 @@ class DSLCheckpointError(DSLError):
 
 class DSLSweepError(DSLError, ValueError):
     """A sweep file, sweep directory or Ray cluster that a sweep cannot use."""
+
+
+class DSLInterrupted(DSLError):
+    """Training stopped by the user (Ctrl-C); names the checkpoint to resume from."""
+
+    def __init__(self, checkpoint: "str | None") -> None:
+        self.checkpoint = checkpoint
+        resume = f": resume with --resume_file={checkpoint}" if checkpoint else " before any checkpoint was written"
+        super().__init__(f"interrupted{resume}")

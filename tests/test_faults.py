@@ -1,0 +1,217 @@
+"""Bad input and faults: one line on stderr and exit 2 (130 for Ctrl-C) before training, runs
+that own their files, resumes that keep their input, and no result written for a run that
+did not produce it."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_recbole_dsl
+from recbole_dsl import trainer as trainer_module
+from recbole_dsl.config import check_known_keys, known_keys
+from recbole_dsl.quick_start import load_config, write_results
+from recbole_dsl.trainer import unique_checkpoint_name
+from recbole_dsl.utils import DSLConfigError
+
+FAST = ["--epochs=1", "--show_progress=False", "--state=ERROR", "--eval_step=1"]
+
+
+def main(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["run_recbole_dsl.py", *args])
+    status = run_recbole_dsl.main()
+    err = capsys.readouterr().err.strip()
+    return status, err
+
+
+def assert_one_line(err, message):
+    assert err.startswith("error: ") and message in err, err
+    assert "\n" not in err and "Traceback" not in err
+
+
+def nothing_trained(path: Path) -> bool:
+    return not (path / "saved").exists() or not any((path / "saved").iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sparsty=0.5"], "unknown setting sparsty in the command line: did you mean sparsity?"),
+        (["--Sparsity=0.5"], "unknown setting Sparsity in the command line: did you mean sparsity?"),
+        (["--embeding_size=8"], "did you mean embedding_size?"),
+        (["--sparsity"], "--sparsity has no value: give it as --sparsity=VALUE"),
+        (["--sparsity=0.5", "0.9"], "cannot read the argument '0.9'"),
+        (["-q"], "cannot read the argument '-q'"),
+        (["--model=bpr"], "unknown model [bpr]: did you mean BPR?"),
+        (["--model=lightgcn"], "unknown model [lightgcn]: did you mean LightGCN?"),
+        (["--results_file=."], "invalid results_file='.': a folder, expected a file path"),
+        (["--checkpoint_dir=r.json"], "invalid checkpoint_dir='r.json': a file, expected a folder"),
+    ],
+)
+def test_bad_arguments_are_one_line_before_training(args, message, monkeypatch, capsys, tmp_path):
+    (tmp_path / "r.json").write_text("{}")
+    status, err = main(monkeypatch, capsys, "--model=BPR", *args, *FAST)
+    assert status == 2
+    assert_one_line(err, message)
+    assert nothing_trained(tmp_path)
+
+
+def test_unknown_keys_in_files_and_dicts(tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("sparsity: 0.8\nupdate_intervall: 50\n")
+    with pytest.raises(DSLConfigError, match=r"unknown setting update_intervall in the config files: did you mean update_interval\?"):
+        load_config("BPR", "ml-100k", config_file_list=[str(config_file)])
+    with pytest.raises(DSLConfigError, match=r"unknown setting learnin_rate in the config dict: did you mean learning_rate\?"):
+        load_config("BPR", "ml-100k", config_dict={"learnin_rate": 0.01})
+    # Keys no property file lists but RecBole's code reads, and a model's own keys, are known.
+    for key in ("world_size", "local_rank", "embedding_size", "n_layers", "mf_embedding_size", "update_epochs"):
+        assert key in known_keys()
+    with pytest.raises(DSLConfigError, match="no RecBole model, dataset, evaluation setting or DSL property reads it"):
+        check_known_keys(["zzzz_qqqq"], "the command line")
+
+
+def test_sweep_with_a_misspelt_key_is_refused_before_ray(tmp_path, monkeypatch, capsys):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("search_space:\n  sparsityy: {grid: [0.8, 0.9]}\n")
+    status, err = main(monkeypatch, capsys, "--model=BPR", f"--sweep={sweep}", f"--sweep_dir={tmp_path / 'sweep'}")
+    assert status == 2
+    assert_one_line(err, "search_space: did you mean sparsity?")
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.slow
+def test_space_separated_values_are_read(monkeypatch, capsys, tmp_path):
+    status, err = main(monkeypatch, capsys, "--model", "BPR", "--sparsity", "0.5", "--results_file", "r.json", *FAST)
+    assert status == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["dsl"]["sparsity"] == 0.5
+    assert result["final_density"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_checkpoint_names_are_the_runs_own(tmp_path):
+    base = str(tmp_path / "BPR-Dec-02-2026_00-00-00.pth")
+    first, second = unique_checkpoint_name(base), unique_checkpoint_name(base)
+    assert first != second and str(os.getpid()) in first
+    Path(first).write_bytes(b"x")
+    assert unique_checkpoint_name(base) not in (first, second)
+
+
+@pytest.mark.slow
+def test_runs_started_together_keep_their_own_checkpoints(monkeypatch, capsys, tmp_path):
+    # Two runs in one second (RecBole names checkpoints by the second): each tests its own model.
+    monkeypatch.setattr("recbole.trainer.trainer.get_local_time", lambda: "Dec-02-2026_00-00-00")
+    for sparsity in ("0.9", "0.5"):
+        status, err = main(monkeypatch, capsys, "--model=BPR", f"--sparsity={sparsity}", f"--results_file=r{sparsity}.json", *FAST)
+        assert status == 0, err
+    results = [json.loads((tmp_path / f"r{s}.json").read_text()) for s in ("0.9", "0.5")]
+    assert results[0]["checkpoint"] != results[1]["checkpoint"]
+    assert [r["final_density"] for r in results] == pytest.approx([0.1, 0.5], abs=1e-4)
+    assert len(list((tmp_path / "saved").glob("*.pth"))) == 2
+
+
+@pytest.fixture
+def finished_run(monkeypatch, capsys, tmp_path):
+    status, err = main(monkeypatch, capsys, "--model=BPR", "--sparsity=0.9", "--epochs=2", "--results_file=first.json", *FAST[1:])
+    assert status == 0, err
+    return Path(json.loads((tmp_path / "first.json").read_text())["checkpoint"])
+
+
+@pytest.mark.slow
+def test_resume_refuses_other_settings_and_keeps_its_input(finished_run, monkeypatch, capsys, tmp_path):
+    before = finished_run.read_bytes()
+    status, err = main(monkeypatch, capsys, "--model=BPR", "--sparsity=0.5", f"--resume_file={finished_run}", "--epochs=3", *FAST[1:])
+    assert status == 2
+    assert_one_line(err, "was trained with other settings (sparsity=0.9 there, 0.5 here)")
+    status, err = main(monkeypatch, capsys, "--model=BPR", "--dataset=ml-100k", "--update_interval=50", f"--resume_file={finished_run}", *FAST)
+    assert status == 2 and "update_interval=100 there, 50 here" in err
+
+    status, err = main(
+        monkeypatch, capsys, "--model=BPR", "--sparsity=0.9", f"--resume_file={finished_run}", "--epochs=3",
+        "--results_file=resumed.json", *FAST[1:],
+    )
+    assert status == 0, err
+    assert finished_run.read_bytes() == before
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    first = json.loads((tmp_path / "first.json").read_text())
+    assert resumed["checkpoint"] != str(finished_run)
+    # The loss history holds the epochs before the resume, then the resumed one.
+    assert len(resumed["train_loss"]) == 3 and resumed["train_loss"][:2] == first["train_loss"]
+
+
+@pytest.mark.slow
+def test_resume_from_another_dataset_names_it(finished_run, monkeypatch, capsys, tiny_data_path):
+    status, err = main(monkeypatch, capsys, "--model=BPR", "--dataset=tiny", f"--data_path={tiny_data_path}", f"--resume_file={finished_run}", *FAST)
+    assert status == 2
+    assert_one_line(err, "was trained on dataset ml-100k, not tiny")
+
+
+def test_results_file_held_by_a_running_process_is_refused(monkeypatch, capsys, tmp_path):
+    (tmp_path / "r.json.lock").write_text(str(os.getpid()))
+    status, err = main(monkeypatch, capsys, "--model=BPR", "--results_file=r.json", *FAST)
+    assert status == 2
+    assert_one_line(err, f"results_file r.json is being written by another run (process {os.getpid()}")
+    assert nothing_trained(tmp_path) and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.slow
+def test_stale_results_lock_is_taken_over_and_released(monkeypatch, capsys, tmp_path):
+    (tmp_path / "r.json.lock").write_text("999999999")  # beyond any pid_max: no such process
+    status, err = main(monkeypatch, capsys, "--model=BPR", "--results_file=r.json", *FAST)
+    assert status == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["model"] == "BPR"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r.json")) == ["r.json"]
+
+
+def test_unwritable_output_places_are_refused_before_training(monkeypatch, capsys, tmp_path):
+    (tmp_path / "plain-file").write_text("")
+    status, err = main(monkeypatch, capsys, "--model=BPR", "--results_file=plain-file/out/r.json", *FAST)
+    assert status == 2
+    assert_one_line(err, f"invalid results_file='plain-file/out/r.json': cannot write in {tmp_path / 'plain-file'}")
+    status, err = main(monkeypatch, capsys, "--model=BPR", "--checkpoint_dir=plain-file/saved", *FAST)
+    assert status == 2
+    assert_one_line(err, f"invalid checkpoint_dir='plain-file/saved': cannot write in {tmp_path / 'plain-file'}")
+    assert nothing_trained(tmp_path)
+
+
+def test_a_failed_results_write_leaves_no_file(tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", full_disk)
+    with pytest.raises(DSLConfigError, match="cannot write results_file .*: No space left on device"):
+        write_results(str(tmp_path / "r.json"), {"model": "BPR"})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_names_the_checkpoint_to_resume_from(monkeypatch, capsys, tmp_path):
+    train_epoch = trainer_module.DSLTrainerMixin._train_epoch
+
+    def interrupt_second_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == 1:
+            raise KeyboardInterrupt
+        return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.DSLTrainerMixin, "_train_epoch", interrupt_second_epoch)
+    status, err = main(monkeypatch, capsys, "--model=BPR", "--epochs=3", "--results_file=r.json", *FAST[1:])
+    assert status == 130
+    assert_one_line(err, "interrupted: resume with --resume_file=saved/BPR-")
+    checkpoint = err.split("--resume_file=")[1]
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 0
+    # No result is reported for the run that did not finish, and its lock is gone.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r.json")) == []
+
+
+@pytest.mark.slow
+def test_recbole_own_warnings_stay_out_of_the_output(tmp_path):
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, str(Path(run_recbole_dsl.__file__)), "--model=BPR", *FAST],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr == ""
