@@ -46,8 +46,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES_DIR = ROOT / "benchmarks" / "profiles"
-METHODS = ("dense", "dense_small", "rp", "mp", "set", "dsl", "dsl_prefix", "dsl_mixed")
-SPARSE_METHODS = ("rp", "mp", "set", "dsl", "dsl_prefix", "dsl_mixed")
+METHODS = ("dense", "dense_small", "rp", "mp", "set", "dsl", "dsl_prefix", "dsl_mixed", "dsl_erk")
+SPARSE_METHODS = ("rp", "mp", "set", "dsl", "dsl_prefix", "dsl_mixed", "dsl_erk")
 BACKBONES = ("BPR", "LightGCN", "NeuMF", "MultiVAE", "SASRec")
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)
 PROFILE_KEYS = {"seeds", "settings", "datasets", "models", "experiments"}
@@ -608,7 +608,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     sens = experiment("sensitivity", "ΔT × ρ0 grid at three sparsities through the sweep command (Figure 3)",
                       ["LightGCN"], ["ml-1m"])
     sens.add_argument("--sweep", default=str(ROOT / "properties" / "sweep" / "sensitivity.yaml"))
-    sens.add_argument("--method", choices=("dsl", "set", "dsl_prefix", "dsl_mixed"), default="dsl", help="the exploring method swept")
+    sens.add_argument("--method", choices=("dsl", "set", "dsl_prefix", "dsl_mixed", "dsl_erk"), default="dsl", help="the exploring method swept")
     sens.add_argument("--runner", choices=("ray", "process"), default="ray",
                       help="ray: one sweep through --sweep (Ray Tune); process: one run_recbole_dsl.py process per grid point")
 

@@ -37,23 +37,51 @@ _CONFIG_READ = re.compile(r"""config\[\s*["'](\w+)["']\s*\]""")
 
 
 @functools.lru_cache(maxsize=None)
-def known_keys() -> FrozenSet[str]:
-    """Every setting that something reads: the keys of RecBole's property files (overall,
-    every model, every dataset) and of this project's, and the ``config["key"]`` reads in
-    RecBole's code, for settings such as ``world_size`` that no property file lists.
-    RecBole's own Config accepts any key, so a typo would otherwise train with the default."""
-    keys = set(ENTRY_POINT_ARGUMENTS)
+def property_types() -> Dict[str, FrozenSet[type]]:
+    """The types each setting's values have in RecBole's property files (overall, every
+    model, every dataset) and in this project's."""
     property_files = [*(RECBOLE_DIR / "properties").rglob("*.yaml"), DSL_PROPERTIES_FILE]
     for folder in ("model", "dataset", "protocol"):
         property_files += (PROPERTIES_DIR / folder).glob("*.yaml")
+    types: Dict[str, set] = {}
     for path in property_files:
         with open(path, encoding="utf-8") as f:
-            content = yaml.safe_load(f)
-        if isinstance(content, dict):
-            keys.update(content)
+            content = yaml.load(f, Loader=Config._build_yaml_loader(None))
+        for key, value in (content if isinstance(content, dict) else {}).items():
+            types.setdefault(key, set()).add(type(value))
+    return {key: frozenset(found) for key, found in types.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def known_keys() -> FrozenSet[str]:
+    """Every setting that something reads: the keys of the property files and the
+    ``config["key"]`` reads in RecBole's code, for settings such as ``world_size`` that no
+    property file lists. RecBole's own Config accepts any key, so a typo would otherwise
+    train with the default."""
+    keys = set(ENTRY_POINT_ARGUMENTS) | set(property_types())
     for path in RECBOLE_DIR.rglob("*.py"):
         keys.update(_CONFIG_READ.findall(path.read_text(encoding="utf-8", errors="ignore")))
     return frozenset(keys)
+
+
+def check_value_types(settings: Dict[str, Any], source: str) -> None:
+    """A setting whose property-file values are all integers, all numbers or all booleans
+    must be one: RecBole would otherwise fail with a traceback deep in training."""
+    for key, value in settings.items():
+        types = property_types().get(key, frozenset())
+        if value is None or not types or type(value) in types:
+            continue
+        if types == {bool}:
+            expected = "True or False"
+        elif types == {int}:
+            expected = "an integer"
+        elif types <= {int, float}:
+            if _is_number(value):
+                continue
+            expected = "a number"
+        else:
+            continue
+        raise DSLConfigError(f"invalid {key}={value!r} in {source}: expected {expected}")
 
 
 def check_known_keys(keys: Iterable[str], source: str) -> None:
@@ -99,6 +127,7 @@ class DSLConfig(Config):
                 ("the command line", self.cmd_config_dict),
             ):
                 check_known_keys(settings or {}, source)
+                check_value_types(settings or {}, source)
         validate_dsl_config(self)
         if self["dsl_method"] == "dense" and self["sparsity"] != 0:
             if "sparsity" in self.external_config_dict:
@@ -168,8 +197,8 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
         fail("prune_epoch_fraction", "a number in (0, 1)")
     if config["dsl_method"] == "mp":
         _check_validation_after_pruning(config)
-    if config["sparsity_distribution"] not in DISTRIBUTIONS:
-        fail("sparsity_distribution", " or ".join(DISTRIBUTIONS))
+    if config["sparsity_distribution"] is not None and config["sparsity_distribution"] not in DISTRIBUTIONS:
+        fail("sparsity_distribution", " or ".join(DISTRIBUTIONS) + " (or ~ for the method's own)")
     if not isinstance(config["shared_budget"], bool):
         fail("shared_budget", "True or False")
     if not isinstance(config["regrown_keep_values"], bool):

@@ -8,7 +8,7 @@ masks have. Adding a method is adding an entry to :data:`METHODS`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Any, Dict, Mapping
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Method:
     grown_init_scale: float = 0.0  # grown weights start at zero, or random at this fraction of the active RMS
     scales_model: bool = False  # a smaller dense model with as many parameters as the budget (dense_small)
     growth_gradient: str = "batch"  # growth ranks the current batch's gradient, or the interval's sum
+    distribution: str = "uniform"  # the budget per tensor: the same density everywhere, or ERK
 
 
 METHODS: Dict[str, Method] = {
@@ -57,9 +58,24 @@ METHODS: Dict[str, Method] = {
             grown_init_scale=0.1,
             growth_gradient="interval",
         ),
+        Method(
+            "dsl_erk",
+            "dsl_mixed with Erdos-Renyi-Kernel budgets: small tensors (an MLP tower) denser, large embedding "
+            "tables sparser, at the same total number of non-zeros",
+            explores=True,
+            embedding_structure="prefix",
+            grown_init_scale=0.1,
+            growth_gradient="interval",
+            distribution="erk",
+        ),
     )
 }
 
 
 def get_method(name: str) -> Method:
     return METHODS[name]
+
+
+def sparsity_distribution(config: Mapping[str, Any]) -> str:
+    """``sparsity_distribution``, or the method's own when it is ~ (None)."""
+    return config["sparsity_distribution"] or get_method(config["dsl_method"]).distribution

@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Tuple, Union
 
 from torch import nn
 
+from recbole_dsl.methods import sparsity_distribution
 from recbole_dsl.sparse import layer_densities, round_budget, select_parameters
 from recbole_dsl.utils import DSLConfigError
 
@@ -35,7 +36,7 @@ def sparse_nonzeros(model: nn.Module, config) -> int:
     budgets of the sparsified tensors plus every tensor left dense."""
     names = select_parameters(model, config["sparse_params"])
     shapes = {n: model.get_parameter(n).shape for n in names}
-    densities = layer_densities(shapes, 1.0 - config["sparsity"], config["sparsity_distribution"])
+    densities = layer_densities(shapes, 1.0 - config["sparsity"], sparsity_distribution(config))
     budget = sum(round_budget(densities[n], model.get_parameter(n).numel()) for n in names)
     return budget + trainable_params(model) - sum(model.get_parameter(n).numel() for n in names)
 

@@ -3,6 +3,7 @@ configuration and trainer, and a JSON summary of the run."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -16,9 +17,11 @@ from logging import getLogger
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+import pandas as pd
 import recbole
 import torch
 import yaml
+from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, init_logger, init_seed, set_color
 
@@ -62,14 +65,32 @@ def load_config(
     if isinstance(model, str):
         _check_model_name(model)
     for path in config_file_list or []:
-        if not os.path.isfile(path):
-            raise DSLConfigError(f"config file {path} does not exist")
+        _check_config_file(path)
     try:
         return DSLConfig(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     except DSLError:
         raise
     except (ValueError, KeyError, TypeError, SyntaxError) as e:
         raise DSLConfigError(f"invalid configuration: {e}") from None
+
+
+def _check_config_file(path: str) -> None:
+    """A config file must exist and hold a YAML mapping of settings, read as RecBole reads it."""
+    if not os.path.isfile(path):
+        raise DSLConfigError(f"config file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = yaml.load(f, Loader=Config._build_yaml_loader(None))
+    except UnicodeDecodeError:
+        raise DSLConfigError(f"config file {path} is not a text file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}: {getattr(e, 'problem', '')})" if mark else ""
+        raise DSLConfigError(f"config file {path} is not YAML{where}") from None
+    if content is None:
+        raise DSLConfigError(f"config file {path} is empty: expected a mapping of settings, e.g. sparsity: 0.8")
+    if not isinstance(content, dict):
+        raise DSLConfigError(f"config file {path} holds a {type(content).__name__}: expected a mapping of settings, e.g. sparsity: 0.8")
 
 
 def _check_model_name(model: str) -> None:
@@ -123,6 +144,8 @@ def load_dataset(config: DSLConfig):
     missing = [file for file in expected if not os.path.isfile(os.path.join(folder, file))]
     if missing:
         raise DSLDatasetError(f"dataset [{name}] not found in {folder} (no {', '.join(missing)}): prepare it with {prepare_hint}")
+    for file in expected:
+        check_interaction_file(os.path.join(folder, file), config)
     try:
         return create_dataset(config)
     except ValueError as e:
@@ -132,6 +155,51 @@ def load_dataset(config: DSLConfig):
             f"dataset [{config['dataset']}] not found: {e} Put its atomic files in "
             f"{config['data_path']} or pass --data_path=DIR"
         ) from None
+
+
+ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def check_interaction_file(path: str, config: DSLConfig) -> None:
+    """An ``.inter`` file must be text with a ``name:type`` header naming the user and item
+    fields, hold at least one interaction, and have numbers in its float columns: RecBole
+    otherwise fails with a traceback, or trains on what it could not read."""
+    separator, encoding = config["field_separator"], config["encoding"] or "utf-8"
+    try:
+        with open(path, encoding=encoding) as f:
+            header = f.readline().rstrip("\r\n")
+            has_rows = any(line.strip() for line in f)
+    except UnicodeDecodeError:
+        raise DSLDatasetError(f"{path} is not a text file in {encoding}") from None
+    fields = header.split(separator)
+    for field in fields:
+        name, _, kind = field.partition(":")
+        if not name or kind not in ATOMIC_TYPES:
+            raise DSLDatasetError(
+                f"{path}: header field {field!r} is not name:type with a type of {', '.join(ATOMIC_TYPES)} "
+                f"(fields are separated by {separator!r})"
+            )
+    names = [field.partition(":")[0] for field in fields]
+    for key in ("USER_ID_FIELD", "ITEM_ID_FIELD"):
+        if config[key] and config[key] not in names:
+            raise DSLDatasetError(f"{path}: no {config[key]} column ({key}); its header has {', '.join(names)}")
+    if not has_rows:
+        raise DSLDatasetError(f"{path} holds a header and no interactions")
+    float_columns = [field for field in fields if field.endswith(":float")]
+    if not float_columns:
+        return
+    read = functools.partial(pd.read_csv, path, sep=separator, usecols=float_columns, encoding=encoding, quoting=3)
+    try:
+        read(dtype={column: "float64" for column in float_columns}, engine="c")
+    except ValueError:  # find the line to name
+        table = read(dtype=str)
+        for column in float_columns:
+            values = table[column]
+            bad = values.notna() & pd.to_numeric(values, errors="coerce").isna()
+            if bad.any():
+                row = int(bad.to_numpy().argmax())
+                raise DSLDatasetError(f"{path}, line {row + 2}: {column} is {values.iloc[row]!r}, not a number") from None
+        raise DSLDatasetError(f"{path}: cannot read {', '.join(float_columns)} as numbers") from None
 
 
 def _downloadable_datasets() -> List[str]:

@@ -25,7 +25,7 @@ from recbole.utils import ModelType, get_trainer, set_color
 from torch import nn
 
 from recbole_dsl.config import mp_prune_epoch
-from recbole_dsl.methods import Method, get_method
+from recbole_dsl.methods import Method, get_method, sparsity_distribution
 from recbole_dsl.sparse import CosineUpdateSchedule, MaskManager, MaskUpdate, select_parameters
 from recbole_dsl.utils import DSLCheckpointError, DSLConfigError
 
@@ -142,7 +142,7 @@ class DSLTrainerMixin:
                 density=1.0 - config["sparsity"] if method.sparse else 1.0,
                 schedule=schedule,
                 growth=method.growth,
-                distribution=config["sparsity_distribution"],
+                distribution=sparsity_distribution(self.config),
                 shared_budget=config["shared_budget"],
                 seed=config["seed"] or 0,
                 on_update=self._on_mask_update,
@@ -186,7 +186,7 @@ class DSLTrainerMixin:
         lines = [
             set_color("DSL", "pink")
             + f": method {method}, sparsity {config['sparsity']} over {len(manager.names)} tensors of "
-            f"{config['model']}, {config['sparsity_distribution']} distribution, {budget}; {mode}"
+            f"{config['model']}, {sparsity_distribution(self.config)} distribution, {budget}; {mode}"
         ]
         for name, numel in manager.numel().items():
             shape = "x".join(str(s) for s in manager.masks[name].shape)

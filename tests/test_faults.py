@@ -215,3 +215,56 @@ def test_recbole_own_warnings_stay_out_of_the_output(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"epochs: one\n", "invalid epochs='one' in the config files: expected an integer"),
+        (b"a: [1\n", "config file c.yaml is not YAML (line 2:"),
+        (b"- 1\n- 2\n", "config file c.yaml holds a list: expected a mapping of settings"),
+        (b"", "config file c.yaml is empty"),
+        (bytes(range(128, 256)), "config file c.yaml is not a text file"),
+    ],
+)
+def test_bad_config_files_are_one_line(content, message, monkeypatch, capsys, tmp_path):
+    (tmp_path / "c.yaml").write_bytes(content)
+    status, err = main(monkeypatch, capsys, "--model=BPR", "--config_files=c.yaml", *FAST)
+    assert status == 2
+    assert_one_line(err, message)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs=abc"], "invalid epochs='abc' in the command line: expected an integer"),
+        (["--train_batch_size=2.5"], "invalid train_batch_size=2.5 in the command line: expected an integer"),
+        (["--learning_rate=fast"], "invalid learning_rate='fast' in the command line: expected a number"),
+        (["--show_progress=maybe"], "invalid show_progress='maybe' in the command line: expected True or False"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_one_line(args, message, monkeypatch, capsys):
+    fast = [a for a in FAST if a.split("=")[0] != args[0].split("=")[0]]
+    status, err = main(monkeypatch, capsys, "--model=BPR", *fast, *args)
+    assert status == 2
+    assert_one_line(err, message)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (bytes(range(128, 256)) * 4, "x.inter is not a text file in utf-8"),
+        (b"user_id\titem_id\n1\t2\n", "header field 'user_id' is not name:type"),
+        (b"user_id:token\n1\n2\n", "no item_id column (ITEM_ID_FIELD); its header has user_id"),
+        (b"user_id:token\titem_id:token\trating:float\n", "x.inter holds a header and no interactions"),
+        (b"user_id:token\titem_id:token\trating:float\n1\t2\t3\n1\t3\tfive\n", "x.inter, line 3: rating:float is 'five', not a number"),
+        (b"user_id:token\titem_id:token\ttimestamp:float\n1\t2\tyesterday\n", "line 2: timestamp:float is 'yesterday'"),
+    ],
+)
+def test_bad_interaction_files_are_one_line(content, message, monkeypatch, capsys, tmp_path):
+    (tmp_path / "d" / "x").mkdir(parents=True)
+    (tmp_path / "d" / "x" / "x.inter").write_bytes(content)
+    status, err = main(monkeypatch, capsys, "--model=BPR", "--dataset=x", "--data_path=d", *FAST)
+    assert status == 2
+    assert_one_line(err, message)
+    assert nothing_trained(tmp_path)

@@ -181,3 +181,24 @@ def test_scaled_sizes_keep_their_multiples():
         sizes = scaled_sizes(config, {"latent_dimension": 128, "hidden_size": 64, "inner_size": 256}, factor)
         assert sizes["latent_dimension"] % 2 == 0 and sizes["hidden_size"] % 4 == 0
         assert sizes["inner_size"] == max(1, round(256 * factor))
+
+
+@pytest.mark.parametrize("method, setting, expected", [
+    ("dsl_mixed", None, "uniform"), ("dsl_erk", None, "erk"), ("dsl_erk", "uniform", "uniform"), ("dsl", "erk", "erk"),
+])
+def test_sparsity_distribution_is_the_methods_unless_set(tiny_data_path, tmp_path, method, setting, expected):
+    overrides = {"sparsity_distribution": setting} if setting else {}
+    config, train_data, _ = build(tiny_data_path, tmp_path, model="NeuMF", dsl_method=method, sparsity=0.9, **overrides)
+    trainer = create_trainer(config, get_model("NeuMF")(config, train_data._dataset))
+    manager = trainer.sparsity
+    numel, budgets = manager.numel(), manager.budgets
+    total = sum(numel.values())
+    assert sum(budgets.values()) == pytest.approx(0.1 * total, abs=len(numel))
+    predict = budgets["predict_layer.weight"] / numel["predict_layer.weight"]
+    largest = max(numel, key=numel.get)  # an MLP embedding table
+    embedding = budgets[largest] / numel[largest]
+    if expected == "uniform":
+        assert predict == pytest.approx(0.1, abs=0.01) and embedding == pytest.approx(0.1, abs=0.01)
+    else:  # ERK keeps the 16-weight prediction layer dense and thins the largest tables
+        assert predict == 1.0 and embedding < 0.095
+    assert sum(int(m.sum()) for m in manager.masks.values()) == sum(budgets.values())
