@@ -10,6 +10,8 @@ import resource
 from typing import Any, Dict, Mapping
 
 import torch
+from recbole.model.abstract_recommender import AbstractRecommender
+from recbole.utils import KGDataLoaderState
 from torch import nn
 
 from recbole_dsl.sparse.compact import encode
@@ -36,7 +38,11 @@ def count_training_step(trainer: DSLTrainerMixin, train_data, max_batches: int) 
     """Average MACs of one training step over the first ``max_batches`` batches: the
     model's loss as the trainer computes it, and the backward derived from it."""
     model = trainer.model
-    loss_kwargs = {"encoder_flag": True} if "encoder_flag" in inspect.signature(model.calculate_loss).parameters else {}
+    calculate_loss = model.calculate_loss
+    if type(model).calculate_loss is AbstractRecommender.calculate_loss and hasattr(model, "calculate_rs_loss"):
+        calculate_loss = model.calculate_rs_loss  # MKR: its recommendation loss (the trainer adds KG steps)
+        train_data.set_mode(KGDataLoaderState.RS)
+    loss_kwargs = {"encoder_flag": True} if "encoder_flag" in inspect.signature(calculate_loss).parameters else {}
     # A forward pass in training mode moves batch-norm statistics: keep the trained ones.
     buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     model.train()
@@ -46,7 +52,7 @@ def count_training_step(trainer: DSLTrainerMixin, train_data, max_batches: int) 
             break
         interaction = interaction.to(trainer.device)
         with MacCounter(parameter_masks(trainer)) as counter:
-            model.calculate_loss(interaction, **loss_kwargs)
+            calculate_loss(interaction, **loss_kwargs)
         total, batches = total + counter.count, batches + 1
     model.zero_grad(set_to_none=True)
     with torch.no_grad():

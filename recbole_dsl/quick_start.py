@@ -23,7 +23,7 @@ import torch
 import yaml
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_model, init_logger, init_seed, set_color
+from recbole.utils import ModelType, get_model, init_logger, init_seed, set_color
 
 from recbole_dsl.config import DSLConfig
 from recbole_dsl.costs import format_costs, measure_costs
@@ -264,6 +264,12 @@ def _run(config: DSLConfig, saved: bool, callback_fn: Optional[Callable[[int, fl
 
     dataset = load_dataset(config)
     logger.info(dataset)
+    if config["MODEL_TYPE"] == ModelType.CONTEXT and config["LABEL_FIELD"] not in dataset.field2type:
+        raise DSLConfigError(
+            f"{config['model']} learns from labelled interactions and {config['dataset']} has no {config['LABEL_FIELD']} "
+            "column: set threshold (e.g. --threshold=\"{'rating': 4}\") with eval_args mode labeled and metrics "
+            "AUC and LogLoss, as RecBole's context-aware models expect"
+        )
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
     model_class = get_model(config["model"])
@@ -276,7 +282,10 @@ def _run(config: DSLConfig, saved: bool, callback_fn: Optional[Callable[[int, fl
             f"{config['sparsity']}"
         )
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = model_class(config, train_data._dataset).to(config["device"])
+    try:
+        model = model_class(config, train_data._dataset).to(config["device"])
+    except ModuleNotFoundError as e:  # KGAT's dgl, KGIN's torch_scatter: imported when the model is built
+        raise DSLConfigError(f"{config['model']} needs the package {e.name}: pip install {e.name}") from None
     logger.info(model)
 
     trainer = create_trainer(config, model)
@@ -432,8 +441,9 @@ def _log_summary(logger, result: Dict[str, Any]) -> None:
     logger.info(set_color("test result", "yellow") + f": {result['test_result']}")
     if result["sparsified"]:
         lines = [set_color("final density", "yellow") + f": {result['final_density']:.4f}"]
+        width = max(len(name) for name in result["sparsified"])
         for name, entry in result["sparsified"].items():
-            lines.append(f"    {name:<45} {entry['nnz']:>10,d} / {entry['numel']:>10,d} = {entry['nnz'] / entry['numel']:.4f}")
+            lines.append(f"    {name:<{width}} {entry['nnz']:>10,d} / {entry['numel']:>10,d} = {entry['nnz'] / entry['numel']:.4f}")
         logger.info("\n".join(lines))
     if result["costs"]:
         logger.info(set_color("costs", "yellow") + "\n" + format_costs(result["costs"]))

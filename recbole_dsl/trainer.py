@@ -10,6 +10,7 @@ carry the masks, the end of the schedule, logging).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -23,6 +24,7 @@ import torch
 from recbole.trainer import AbstractTrainer
 from recbole.utils import ModelType, get_trainer, set_color
 from torch import nn
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from recbole_dsl.config import mp_prune_epoch
 from recbole_dsl.methods import Method, get_method, sparsity_distribution
@@ -39,8 +41,16 @@ def is_non_parametric(model: nn.Module) -> bool:
 
 def clear_cached_embeddings(model: nn.Module) -> None:
     """Drop propagated embeddings cached for prediction (LightGCN's ``restore_user_e``, DMF's
-    ``i_embedding``, ...), so that predictions never use weights from before a mask change."""
-    for name in getattr(model, "other_parameter_name", []):
+    ``i_embedding``, ...), so that predictions never use weights from before a mask change.
+
+    A cache is an entry of ``other_parameter_name`` that is still None when DSL first sees
+    the model; the others (KGCN's ``adj_entity``, RippleNet's ``ripple_set``) are state the
+    model built in its constructor and are kept."""
+    caches = getattr(model, "_dsl_prediction_caches", None)
+    if caches is None:
+        caches = [name for name in getattr(model, "other_parameter_name", []) if getattr(model, name, None) is None]
+        model._dsl_prediction_caches = caches
+    for name in caches:
         value = getattr(model, name, None)
         if torch.is_tensor(value) and not isinstance(value, nn.Parameter):
             setattr(model, name, None)
@@ -188,9 +198,10 @@ class DSLTrainerMixin:
             + f": method {method}, sparsity {config['sparsity']} over {len(manager.names)} tensors of "
             f"{config['model']}, {sparsity_distribution(self.config)} distribution, {budget}; {mode}"
         ]
+        width = max(len(name) for name in manager.names)
         for name, numel in manager.numel().items():
             shape = "x".join(str(s) for s in manager.masks[name].shape)
-            lines.append(f"    {name:<45} {shape:>12}  {numel:>10,d} -> {manager.budgets[name]:>10,d} non-zero")
+            lines.append(f"    {name:<{width}} {shape:>12}  {numel:>10,d} -> {manager.budgets[name]:>10,d} non-zero")
         self.logger.info("\n".join(lines))
 
     def _count_step(self, optimizer, args, kwargs) -> None:
@@ -244,7 +255,9 @@ class DSLTrainerMixin:
             schedule.end_iteration = max(1, math.ceil(end_epochs * len(train_data) * passes))
         start = self.sparsity.iteration
         started_at = time.perf_counter()
-        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        # Mask updates are logged inside the epoch: through tqdm's writer, above the progress bar.
+        with logging_redirect_tqdm() if show_progress else contextlib.nullcontext():
+            loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         self.epoch_seconds.append(time.perf_counter() - started_at)
         steps = self.sparsity.iteration - start
         if steps and not getattr(self, "_end_iteration_measured", False):

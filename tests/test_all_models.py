@@ -1,12 +1,15 @@
-"""Every built-in RecBole general and sequential model trains with DSL (one epoch on a
-slice of ml-100k), keeps its exact budget with true zeros, and produces metrics."""
+"""Every built-in RecBole model (general, sequential, knowledge-aware, context-aware) trains
+with DSL (one epoch on a slice of ml-100k), keeps its exact budget with true zeros, and
+produces metrics."""
 
 import inspect
 import logging
 import math
 
 import pytest
+import recbole.model.context_aware_recommender as context_aware
 import recbole.model.general_recommender as general
+import recbole.model.knowledge_aware_recommender as knowledge_aware
 import recbole.model.sequential_recommender as sequential
 import torch
 from recbole.model.abstract_recommender import AbstractRecommender
@@ -24,7 +27,9 @@ def builtin_models(package):
     )
 
 
-MODELS = builtin_models(general) + builtin_models(sequential)
+KNOWLEDGE_MODELS = builtin_models(knowledge_aware)
+CONTEXT_MODELS = builtin_models(context_aware)
+MODELS = builtin_models(general) + builtin_models(sequential) + KNOWLEDGE_MODELS + CONTEXT_MODELS
 NON_PARAMETRIC = {"ADMMSLIM", "AsymKNN", "EASE", "ItemKNN", "NCEPLRec", "Pop", "Random", "SLIMElastic"}
 SPARSITY = 0.8
 
@@ -63,7 +68,19 @@ KNOWLEDGE_GRAPH = dict(
     alias_of_relation_id=["rel_id"],
     eval_args={"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
 )
+# Context-aware models learn labels (rating >= 4) and are evaluated on them, as RecBole runs them.
+CONTEXT = dict(
+    eval_args={"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO", "group_by": None, "mode": "labeled"},
+    metrics=["AUC", "LogLoss"],
+    valid_metric="AUC",
+    threshold={"rating": 4},
+    train_neg_sample_args=None,
+)
+# Packages a model imports that recbole-dsl does not install.
+NEEDS = {"NCL": "faiss", "KGAT": "dgl", "KGIN": "torch_scatter", "MCCLK": "torch_scatter"}
 OVERRIDES = {
+    **{model: KNOWLEDGE_GRAPH for model in KNOWLEDGE_MODELS},
+    **{model: CONTEXT for model in CONTEXT_MODELS},
     "ConvNCF": dict(embedding_size=64),  # its convolution stack needs a 64x64 interaction map
     "FEARec": dict(embedding_size=64, hidden_size=64, inner_size=256, n_layers=2),  # fails at smaller widths
     "GRU4RecKG": KNOWLEDGE_GRAPH,
@@ -84,14 +101,14 @@ def params(models):
 
 
 def test_model_list_is_complete():
-    assert len(MODELS) >= 60 and {"BPR", "LightGCN", "NeuMF", "MultiVAE", "SASRec", "GRU4Rec"} <= set(MODELS)
+    assert len(MODELS) >= 85 and {"BPR", "LightGCN", "NeuMF", "MultiVAE", "SASRec", "GRU4Rec", "KGCN", "FM"} <= set(MODELS)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", params(MODELS))
 def test_model_trains_with_dsl(model, tiny_data_path, tmp_path, caplog):
-    if model == "NCL":
-        pytest.importorskip("faiss", reason="NCL needs faiss (pip install faiss-cpu)")
+    if model in NEEDS:
+        pytest.importorskip(NEEDS[model], reason=f"{model} needs {NEEDS[model]}")
     config = {**TINY, **OVERRIDES.get(model, {}), "data_path": tiny_data_path, "checkpoint_dir": str(tmp_path / "saved")}
     with caplog.at_level(logging.INFO):
         result = run_recbole_dsl(model=model, dataset="tiny", config_dict=config)
