@@ -134,6 +134,15 @@ class DSLTrainerMixin:
             raise DSLConfigError(
                 f"sparse_params={config['sparse_params']!r} selects no trainable tensor of {config['model']}"
             )
+        sparse_gradient = [
+            f"{module_name}.weight" for module_name, module in self.model.named_modules()
+            if isinstance(module, nn.Embedding) and module.sparse and f"{module_name}.weight" in names
+        ]
+        if sparse_gradient:
+            raise DSLConfigError(
+                f"{config['model']}'s {', '.join(sparse_gradient)} has sparse gradients (nn.Embedding(sparse=True)), "
+                "which masks cannot rank: leave it out with sparse_params"
+            )
         method = self.method
         schedule = CosineUpdateSchedule(
             # An interval of 0 never updates: rp keeps its random mask, mp its pruned one.
@@ -203,6 +212,12 @@ class DSLTrainerMixin:
             shape = "x".join(str(s) for s in manager.masks[name].shape)
             lines.append(f"    {name:<{width}} {shape:>12}  {numel:>10,d} -> {manager.budgets[name]:>10,d} non-zero")
         self.logger.info("\n".join(lines))
+        for name, budget in manager.budgets.items():
+            if budget == 0 and not manager.is_dense:
+                self.logger.warning(
+                    set_color("DSL", "pink") + f": {name} ({manager.numel()[name]:,d} weights) keeps no non-zero at sparsity "
+                    f"{config['sparsity']}: it stays zero for the whole run (sparsity_distribution=erk keeps small tensors denser)"
+                )
 
     def _count_step(self, optimizer, args, kwargs) -> None:
         # Counted for every method, dense included, for the training cost figures.
@@ -339,8 +354,9 @@ class DSLTrainerMixin:
         self._save_checkpoint(epoch, verbose=False, saved_model_file=saved_model_file)
         self.saved_model_file = saved_model_file
 
-    def _load_checkpoint(self, checkpoint_file: str) -> dict:
-        """Restore weights, masks and schedule; raise :class:`DSLCheckpointError` on a bad file."""
+    def _load_checkpoint(self, checkpoint_file: str, training_state: bool = True) -> dict:
+        """Restore weights and masks, and with ``training_state`` the schedule and MP's
+        phase; raise :class:`DSLCheckpointError` on a bad file."""
         try:
             checkpoint = torch.load(checkpoint_file, map_location=self.device, weights_only=True)
         except FileNotFoundError:
@@ -367,12 +383,13 @@ class DSLTrainerMixin:
             )
         try:
             self.model.load_state_dict(checkpoint["state_dict"])
-            self.sparsity.load_state_dict(checkpoint["sparsity"])
+            self.sparsity.load_state_dict(checkpoint["sparsity"], masks_only=not training_state)
         except (RuntimeError, KeyError, ValueError) as e:
             reason = str(e).strip().splitlines()[0]
             raise DSLCheckpointError(f"checkpoint {checkpoint_file} does not fit this model: {reason}") from None
-        self._pruned = bool(checkpoint.get("pruned", False))
-        self.dense_iterations = int(checkpoint.get("dense_iterations", 0))
+        if training_state:
+            self._pruned = bool(checkpoint.get("pruned", False))
+            self.dense_iterations = int(checkpoint.get("dense_iterations", 0))
         clear_cached_embeddings(self.model)
         return checkpoint
 
@@ -418,7 +435,8 @@ class DSLTrainerMixin:
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if eval_data and load_best_model:
             checkpoint_file = model_file or self.saved_model_file
-            self._load_checkpoint(checkpoint_file)
+            # The best model's weights and masks; the run's schedule and counters stay where training left them.
+            self._load_checkpoint(checkpoint_file, training_state=False)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 

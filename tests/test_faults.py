@@ -268,3 +268,60 @@ def test_bad_interaction_files_are_one_line(content, message, monkeypatch, capsy
     assert status == 2
     assert_one_line(err, message)
     assert nothing_trained(tmp_path)
+
+
+def build_trainer(tiny_data_path, tmp_path, model="BPR", prepare=None, **overrides):
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, init_seed
+
+    from recbole_dsl.trainer import create_trainer
+
+    config = load_config(model, "tiny", config_dict={
+        "data_path": tiny_data_path, "show_progress": False, "checkpoint_dir": str(tmp_path / "saved"), **overrides,
+    })
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
+    network = get_model(model)(config, train_data._dataset)
+    if prepare:
+        prepare(network)
+    return create_trainer(config, network), train_data, valid_data, test_data
+
+
+@pytest.mark.slow
+def test_testing_the_best_model_keeps_the_training_state(tiny_data_path, tmp_path, monkeypatch):
+    from recbole.trainer import Trainer
+
+    scores = iter(range(1000, 0, -1))  # every validation worse than the one before: the best is epoch 0
+    monkeypatch.setattr(Trainer, "_valid_epoch", lambda self, data, show_progress=False: (next(scores) / 1000, {}))
+    trainer, train_data, valid_data, test_data = build_trainer(
+        tiny_data_path, tmp_path, epochs=4, update_interval=3, update_epochs=4, state="ERROR",
+    )
+    trainer.fit(train_data, valid_data, saved=True)
+    manager = trainer.sparsity
+    iteration, generator, pending = manager.iteration, manager._generator.get_state(), dict(manager._pending_ratio)
+    best = torch.load(trainer.saved_model_file, weights_only=True)
+    assert best["sparsity"]["iteration"] != iteration  # the best epoch is not the last one here
+    trainer.evaluate(test_data, load_best_model=True)
+    assert manager.iteration == iteration and manager._pending_ratio == pending
+    assert torch.equal(manager._generator.get_state(), generator)
+    for name, mask in best["sparsity"]["masks"].items():
+        assert torch.equal(manager.masks[name], mask)
+        assert torch.equal(trainer.model.get_parameter(name), best["state_dict"][name])
+
+
+def test_sparse_gradient_embeddings_are_refused(tiny_data_path, tmp_path):
+    def sparse_gradients(network):
+        network.user_embedding.sparse = True
+
+    with pytest.raises(DSLConfigError, match=r"user_embedding.weight has sparse gradients \(nn.Embedding\(sparse=True\)\)"):
+        build_trainer(tiny_data_path, tmp_path, prepare=sparse_gradients, state="ERROR")
+
+
+def test_a_tensor_without_budget_is_warned_about(tiny_data_path, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        trainer, *_ = build_trainer(tiny_data_path, tmp_path, model="NeuMF", sparsity=0.997, dsl_method="dsl", state="WARNING")
+    assert trainer.sparsity.budgets["predict_layer.weight"] == 0
+    assert "predict_layer.weight (128 weights) keeps no non-zero at sparsity 0.997" in caplog.text
+    assert "user_mf_embedding.weight" not in caplog.text

@@ -419,7 +419,9 @@ class MaskManager:
         }
 
     @torch.no_grad()
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, masks_only: bool = False) -> None:
+        """Restore masks and budgets and, unless ``masks_only`` (a model loaded to be
+        evaluated), the training state: iteration, schedule, pending updates, generator."""
         missing = set(self.names) - set(state["masks"])
         if missing:
             raise KeyError(f"sparse state has no mask for {sorted(missing)}")
@@ -429,6 +431,9 @@ class MaskManager:
                 raise ValueError(f"mask of {name} has shape {tuple(mask.shape)}, expected {tuple(self.masks[name].shape)}")
             self.masks[name] = mask.to(dtype=torch.bool, device=self.masks[name].device)
         self.budgets = {n: int(state["budgets"][n]) for n in self.names}
+        if masks_only:
+            self.apply_masks()
+            return
         self.iteration = int(state["iteration"])
         self.schedule.end_iteration = state["end_iteration"]
         self._pending_ratio = {int(k): float(v) for k, v in state["pending_ratio"].items()}
