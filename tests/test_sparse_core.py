@@ -153,20 +153,25 @@ def test_grown_entries_get_fresh_adam_state_and_pruned_stay_dead():
     manager = MaskManager(model, select_parameters(model, "all"), 0.2, schedule(update_interval=0))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     manager.attach(optimizer)
-    users, items = torch.randint(0, 50, (64,)), torch.randint(0, 70, (64,))
+    # Every row in every batch, so every active weight has optimizer state before the update.
+    users, items = torch.arange(70) % 50, torch.arange(70)
     for _ in range(3):
         optimizer.zero_grad()
         model(users, items).pow(2).mean().backward()
         optimizer.step()
-    before = manager.masks["user.weight"].clone()
+    before = manager.masks["item.weight"].clone()
+    state = optimizer.state[model.item.weight]
+    moments_before = state["exp_avg"].clone()
+    optimizer.zero_grad()
+    model(users, items).pow(2).mean().backward()  # the dense gradient an update ranks, as in _pre_step
     manager.update_masks(0.5)
-    after = manager.masks["user.weight"]
+    after = manager.masks["item.weight"]
     grown, pruned = after & ~before, before & ~after
     assert grown.any() and pruned.any()
-    state = optimizer.state[model.user.weight]
+    assert (moments_before[pruned] != 0).sum() >= 3  # the reset has something to do
     assert torch.all(state["exp_avg"][grown | pruned] == 0)
     assert torch.all(state["exp_avg_sq"][grown | pruned] == 0)
-    assert torch.all(model.user.weight[grown] == 0)
+    assert torch.all(model.item.weight[grown] == 0)
     for _ in range(5):  # momentum must not bring pruned weights back
         optimizer.zero_grad()
         model(users, items).pow(2).mean().backward()
