@@ -15,11 +15,13 @@ import functools
 import itertools
 import math
 import os
+import random
 import shutil
 import time
 from logging import getLogger
 from typing import Dict, List, Type
 
+import numpy as np
 import torch
 from recbole.trainer import AbstractTrainer
 from recbole.utils import ModelType, get_trainer, set_color
@@ -268,6 +270,11 @@ class DSLTrainerMixin:
         if schedule.end_iteration is None:
             passes = getattr(self, "n_enc_epochs", 0) + getattr(self, "n_dec_epochs", 0) or 1
             schedule.end_iteration = max(1, math.ceil(end_epochs * len(train_data) * passes))
+        self._train_data = train_data
+        loader_state = getattr(self, "_pending_loader_state", None)
+        if loader_state is not None and hasattr(train_data, "generator"):
+            train_data.generator.set_state(loader_state)
+            self._pending_loader_state = None
         start = self.sparsity.iteration
         started_at = time.perf_counter()
         # Mask updates are logged inside the epoch: through tqdm's writer, above the progress bar.
@@ -344,10 +351,35 @@ class DSLTrainerMixin:
             "epoch_seconds": list(self.epoch_seconds),
             "valid_scores": [list(pair) for pair in self.valid_scores],
             "train_loss": [[int(e), float(loss)] for e, loss in self.train_loss_dict.items()],
+            "random_state": self._random_state(),
         }
         torch.save(state, saved_model_file)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def _random_state(self) -> Dict:
+        """Every random state the next epochs draw from (Python's, numpy's for RecBole's
+        negative sampler, torch's, the training data loader's shuffling), so that a resumed
+        run continues exactly as the uninterrupted one."""
+        version, keys, gauss = random.getstate()
+        name, mt_keys, position, has_gauss, cached = np.random.get_state()
+        state = {
+            "python": [version, list(keys), gauss],
+            "numpy": [name, torch.from_numpy(mt_keys.astype(np.int64)), int(position), int(has_gauss), float(cached)],
+            "torch": torch.get_rng_state(),
+        }
+        loader = getattr(self, "_train_data", None)
+        if loader is not None and hasattr(loader, "generator"):
+            state["train_loader"] = loader.generator.get_state()
+        return state
+
+    def _restore_random_state(self, state: Dict) -> None:
+        version, keys, gauss = state["python"]
+        random.setstate((version, tuple(keys), gauss))
+        name, mt_keys, position, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, mt_keys.numpy().astype(np.uint32), position, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        self._pending_loader_state = state.get("train_loader")
 
     def save_pretrained_model(self, epoch, saved_model_file):
         """Pre-training stages (RaCT, S3Rec) save in the same weights-only format."""
@@ -414,6 +446,8 @@ class DSLTrainerMixin:
         self.epoch_seconds = [float(s) for s in checkpoint.get("epoch_seconds", [])]
         self.valid_scores = [[int(e), float(v)] for e, v in checkpoint.get("valid_scores", [])]
         self.train_loss_dict.update({int(e): float(loss) for e, loss in checkpoint.get("train_loss", [])})
+        if "random_state" in checkpoint:
+            self._restore_random_state(checkpoint["random_state"])
         self._end_iteration_measured = True
         self.logger.info(
             f"Checkpoint loaded. Resume training from epoch {self.start_epoch} "

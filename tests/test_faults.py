@@ -325,3 +325,30 @@ def test_a_tensor_without_budget_is_warned_about(tiny_data_path, tmp_path, caplo
     assert trainer.sparsity.budgets["predict_layer.weight"] == 0
     assert "predict_layer.weight (128 weights) keeps no non-zero at sparsity 0.997" in caplog.text
     assert "user_mf_embedding.weight" not in caplog.text
+
+
+@pytest.mark.slow
+def test_an_interrupted_and_resumed_run_ends_as_the_uninterrupted_one(monkeypatch, capsys, tmp_path):
+    settings = ["--model=BPR", "--sparsity=0.9", "--epochs=4", "--update_interval=20", "--update_epochs=3", *FAST[1:]]
+    status, err = main(monkeypatch, capsys, *settings, "--results_file=whole.json")
+    assert status == 0, err
+
+    train_epoch = trainer_module.DSLTrainerMixin._train_epoch
+
+    def interrupt_third_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == 2:
+            raise KeyboardInterrupt
+        return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module.DSLTrainerMixin, "_train_epoch", interrupt_third_epoch)
+        status, err = main(monkeypatch, capsys, *settings)
+    assert status == 130, err
+    checkpoint = err.split("--resume_file=")[1]
+    status, err = main(monkeypatch, capsys, *settings, f"--resume_file={checkpoint}", "--results_file=resumed.json")
+    assert status == 0, err
+
+    whole, resumed = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "resumed.json"))
+    assert resumed["train_loss"] == whole["train_loss"] and len(whole["train_loss"]) == 4
+    assert resumed["test_result"] == whole["test_result"]
+    assert resumed["valid_scores"] == whole["valid_scores"]
