@@ -267,3 +267,40 @@ def test_interval_growth_ranks_the_gradient_summed_since_the_last_update(growth_
     assert manager._accumulated == {}  # the sum restarts after an update
     with pytest.raises(ValueError, match="unknown growth gradient"):
         MaskManager(model, ["w"], 0.5, schedule(), growth_gradient="epoch")
+
+
+def test_shared_budget_across_optimizers_ranks_each_tensors_own_last_gradient(monkeypatch):
+    # Two optimizers (as RecVAE's encoder and decoder): an update fired by one must not rank
+    # the other's tensors by a .grad that only the other optimizer zeroes.
+    from recbole_dsl.sparse import masking
+
+    torch.manual_seed(3)
+    model = TwoTower()
+    manager = MaskManager(model, ["user.weight", "item.weight"], 0.2, schedule(update_interval=3, end_iteration=100),
+                          shared_budget=True)
+    first = torch.optim.Adam([model.user.weight], lr=0.01)
+    second = torch.optim.Adam([model.item.weight, *model.proj.parameters(), *model.norm.parameters()], lr=0.01)
+    manager.attach(first)
+    manager.attach(second)
+    ranked = []
+    grow_scores = masking.grow_scores
+    monkeypatch.setattr(masking, "grow_scores", lambda score, mask, structure: ranked.append(score.clone()) or grow_scores(score, mask, structure))
+    item_gradient_at_its_step = None
+    for step in range(2):
+        users, items = torch.randint(0, 50, (64,)), torch.randint(0, 70, (64,))
+        first.zero_grad()  # leaves item.weight.grad to add up
+        model(users, items).pow(2).mean().backward()
+        first.step()  # iterations 1 and 3: the update fires in the second round's first step
+        if step == 1:
+            break
+        second.zero_grad()
+        model(users, items).pow(2).mean().backward()
+        item_gradient_at_its_step = model.item.weight.grad.clone()
+        second.step()
+    assert len(ranked) == 1
+    item_scores = ranked[0][model.user.weight.numel():].view_as(model.item.weight)
+    expected = item_gradient_at_its_step.abs()
+    has_gradient = expected > 0
+    assert has_gradient.any()
+    assert torch.equal(item_scores[has_gradient], expected[has_gradient])
+    assert_invariant(manager)

@@ -166,6 +166,9 @@ class MaskManager:
         self.regrown_keep_values = regrown_keep_values
         self.growth_gradient = growth_gradient
         self._accumulated: Dict[str, torch.Tensor] = {}
+        # With a budget shared across optimizers: each tensor's gradient as of its own
+        # optimizer's last step, since other optimizers never zero it.
+        self._last_step_gradient: Dict[str, torch.Tensor] = {}
 
         params = {name: self.param(name) for name in self.names}
         prefix_names = set(prefix_names)
@@ -253,10 +256,16 @@ class MaskManager:
                 grad = self.param(name).grad
                 if grad is not None:
                     self._accumulated.setdefault(name, torch.zeros_like(grad)).add_(grad)
+        for group in self.groups:
+            if any(n not in owned for n in group):
+                for name in group:
+                    grad = self.param(name).grad
+                    if name in owned and grad is not None and self.growth == "gradient":
+                        self._last_step_gradient[name] = grad.detach().clone()
         due = [i for i in self._pending_ratio if any(n in owned for n in self.groups[i])]
         if due:
             ratio = self._pending_ratio[due[0]]
-            exchanged = sum(self._update_group(self.groups[i], self._pending_ratio.pop(i)) for i in due)
+            exchanged = sum(self._update_group(self.groups[i], self._pending_ratio.pop(i), owned) for i in due)
             if self.on_update is not None:
                 self.on_update(MaskUpdate(self.iteration, ratio, exchanged, self.overall_density()))
         for name in owned:
@@ -274,9 +283,15 @@ class MaskManager:
             and (end is None or self.iteration <= end)
         )
 
-    def _growth_gradient(self, name: str, param: nn.Parameter) -> torch.Tensor:
+    def _growth_gradient(self, name: str, param: nn.Parameter, current: bool = True) -> torch.Tensor:
+        """What growth ranks: the interval's summed gradient, or the batch's; for a tensor
+        of another optimizer than the one stepping (``current`` False), the gradient of its
+        own optimizer's last step, not a ``.grad`` that optimizer has not zeroed since."""
         if self.growth_gradient == "interval" and name in self._accumulated:
             return self._accumulated[name].abs()
+        if not current:
+            last = self._last_step_gradient.get(name)
+            return last.abs() if last is not None else torch.zeros_like(param)
         return param.grad.detach().abs() if param.grad is not None else torch.zeros_like(param)
 
     @torch.no_grad()
@@ -331,7 +346,9 @@ class MaskManager:
         return torch.cat([t.flatten() for t in tensors])
 
     @torch.no_grad()
-    def _update_group(self, names: List[str], update_ratio: float) -> int:
+    def _update_group(self, names: List[str], update_ratio: float, stepping: Optional[List[str]] = None) -> int:
+        """Prune and grow one group; ``stepping``: the tensors of the optimizer whose step
+        makes the update (None: every tensor's ``.grad`` is current)."""
         params = [self.param(n) for n in names]
         structure = self._group_structure(names)
         mask = self._stacked([self.masks[n] for n in names], structure)
@@ -347,7 +364,9 @@ class MaskManager:
 
         random_scores = torch.rand(mask.shape, generator=self._generator).to(mask.device)
         if self.growth == "gradient":
-            gradient = self._stacked([self._growth_gradient(n, p) for n, p in zip(names, params)], structure)
+            gradient = self._stacked(
+                [self._growth_gradient(n, p, stepping is None or n in stepping) for n, p in zip(names, params)], structure
+            )
             # Entries without gradient rank below every entry with one, in random order,
             # so the budget is met even when a batch touches few embedding rows.
             score = torch.where(gradient > 0, gradient, -random_scores)
