@@ -353,7 +353,15 @@ class DSLTrainerMixin:
             "train_loss": [[int(e), float(loss)] for e, loss in self.train_loss_dict.items()],
             "random_state": self._random_state(),
         }
-        torch.save(state, saved_model_file)
+        # Written aside and moved into place: a full disk never leaves a broken best checkpoint.
+        partial = f"{saved_model_file}.{os.getpid()}.tmp"
+        try:
+            torch.save(state, partial)
+            os.replace(partial, saved_model_file)
+        except (OSError, RuntimeError) as e:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise DSLCheckpointError(f"cannot write checkpoint {saved_model_file}: {getattr(e, 'strerror', None) or e}") from None
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 

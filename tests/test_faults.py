@@ -352,3 +352,25 @@ def test_an_interrupted_and_resumed_run_ends_as_the_uninterrupted_one(monkeypatc
     assert resumed["train_loss"] == whole["train_loss"] and len(whole["train_loss"]) == 4
     assert resumed["test_result"] == whole["test_result"]
     assert resumed["valid_scores"] == whole["valid_scores"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(monkeypatch, capsys, tmp_path):
+    save = torch.save
+    calls = []
+
+    def disk_fills_at_the_second_save(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+        return save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_fills_at_the_second_save)
+    status, err = main(monkeypatch, capsys, "--model=BPR", "--epochs=3", "--eval_step=0", "--results_file=r.json", *FAST[1:3])
+    assert status == 2
+    assert_one_line(err, "cannot write checkpoint saved/BPR-")
+    assert err.endswith(": No space left on device")
+    checkpoints = list((tmp_path / "saved").iterdir())
+    assert len(checkpoints) == 1 and torch.load(checkpoints[0], weights_only=True)["epoch"] == 0
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.json.lock").exists()
