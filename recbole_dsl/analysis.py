@@ -27,7 +27,7 @@ from recbole.data import data_preparation
 from recbole.utils import get_model, init_seed
 from torch import nn
 
-from recbole_dsl.quick_start import load_config, load_dataset
+from recbole_dsl.quick_start import load_config, load_dataset, recbole_warnings_silenced
 from recbole_dsl.utils import DSLCheckpointError, DSLConfigError, DSLError
 
 POPULARITY_COLUMNS = ("side", "group", "entities", "interactions", "nnz", "numel", "density")
@@ -117,7 +117,8 @@ def popularity_analysis(
         ) from None
     config = load_config(trained["model"], dataset or trained["dataset"], config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
-    train_data, _, _ = data_preparation(config, load_dataset(config))
+    with recbole_warnings_silenced():
+        train_data, _, _ = data_preparation(config, load_dataset(config))
     train = train_data._dataset
     model = get_model(config["model"])(config, train)
     for name, mask in masks.items():
@@ -193,13 +194,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     popularity.add_argument("--groups", type=int, default=10, help="number of popularity groups")
     popularity.add_argument("--config_files", help="space-separated YAML files the model was trained with")
     args, others = parser.parse_known_args(argv)
-    # Any other --key=value is a RecBole or DSL setting of the run, as for run_recbole_dsl.py.
-    settings = dict(arg[2:].split("=", 1) for arg in others if arg.startswith("--") and "=" in arg)
+    # Any other --key=value is a RecBole or DSL setting of the run, as for run_recbole_dsl.py:
+    # RecBole's Config reads them from sys.argv, which must not hold this tool's own options.
+    sys.argv[1:] = others
     config_files = args.config_files.split() if args.config_files else None
     try:
         if args.groups < 1:
             raise DSLConfigError(f"invalid --groups={args.groups}: expected an integer >= 1")
-        rows = popularity_analysis(args.checkpoint, args.dataset, config_files, settings, n_groups=args.groups)
+        rows = popularity_analysis(args.checkpoint, args.dataset, config_files, n_groups=args.groups)
         paths = write_popularity(rows, args.out, f"{Path(args.checkpoint).stem}: density by popularity")
     except DSLError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -127,7 +127,8 @@ class DSLConfig(Config):
                 ("the command line", self.cmd_config_dict),
             ):
                 check_known_keys(settings or {}, source)
-                check_value_types(settings or {}, source)
+                # The DSL properties get their own, more precise, checks below.
+                check_value_types({k: v for k, v in (settings or {}).items() if k not in self.parameters["DSL"]}, source)
         validate_dsl_config(self)
         if self["dsl_method"] == "dense" and self["sparsity"] != 0:
             if "sparsity" in self.external_config_dict:

@@ -245,12 +245,18 @@ def run_recbole_dsl(
     """
     config = load_config(model, dataset, config_file_list, config_dict)
     check_paths(config)
-    with claim_results_file(config["results_file"]), warnings.catch_warnings():
-        # RecBole 1.2.1's own code warns about pandas' fillna(inplace), torch's SparseTensor and
-        # GradScaler at every run; none of it is the user's to act on.
+    with claim_results_file(config["results_file"]), recbole_warnings_silenced():
+        return _run(config, saved, callback_fn)
+
+
+@contextmanager
+def recbole_warnings_silenced() -> Iterator[None]:
+    """RecBole 1.2.1's own code warns about pandas' fillna(inplace), torch's SparseTensor and
+    GradScaler at every run; none of it is the user's to act on."""
+    with warnings.catch_warnings():
         for category in (FutureWarning, DeprecationWarning, UserWarning):
             warnings.filterwarnings("ignore", category=category, module=r"recbole\.")
-        return _run(config, saved, callback_fn)
+        yield
 
 
 def _run(config: DSLConfig, saved: bool, callback_fn: Optional[Callable[[int, float], None]]) -> Dict[str, Any]:
