@@ -30,6 +30,23 @@ from recbole_dsl.utils import PROPERTIES_DIR, DSLConfigError
 
 DSL_PROPERTIES_FILE = PROPERTIES_DIR / "dsl.yaml"
 DSL_METHODS = tuple(METHODS)
+# The settings that decide how a run sparsifies: reported in its results, and fixed for a
+# resumed run by its checkpoint (they set the masks, their budgets and T_end).
+DSL_SETTINGS = (
+    "dsl_method",
+    "sparsity",
+    "update_interval",
+    "init_update_ratio",
+    "min_update_ratio",
+    "update_end",
+    "update_epochs",
+    "prune_epoch_fraction",
+    "sparse_params",
+    "sparsity_distribution",
+    "shared_budget",
+    "regrown_keep_values",
+    "growth_gradient",
+)
 RECBOLE_DIR = Path(recbole.__file__).resolve().parent
 # run_recbole_dsl.py's own arguments, which RecBole's command-line reader also sees.
 ENTRY_POINT_ARGUMENTS = ("model", "dataset", "config_files", "sweep", "sweep_dir", "ray_address")

@@ -25,7 +25,7 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import ModelType, get_model, init_logger, init_seed, set_color
 
-from recbole_dsl.config import DSLConfig
+from recbole_dsl.config import DSL_SETTINGS, DSLConfig
 from recbole_dsl.costs import format_costs, measure_costs
 from recbole_dsl.methods import get_method
 from recbole_dsl.model_size import fit_dense_small
@@ -38,21 +38,6 @@ from recbole_dsl.utils import DSLCheckpointError, DSLConfigError, DSLDatasetErro
 RECBOLE_URL_FILE = Path(recbole.__file__).parent / "properties" / "dataset" / "url.yaml"
 DOWNLOAD_TIMEOUT_S = 10
 
-DSL_SETTING_KEYS = (
-    "dsl_method",
-    "sparsity",
-    "update_interval",
-    "init_update_ratio",
-    "min_update_ratio",
-    "update_end",
-    "update_epochs",
-    "prune_epoch_fraction",
-    "sparse_params",
-    "sparsity_distribution",
-    "shared_budget",
-    "regrown_keep_values",
-    "growth_gradient",
-)
 
 
 def load_config(
@@ -316,7 +301,7 @@ def _run(config: DSLConfig, saved: bool, callback_fn: Optional[Callable[[int, fl
     result = {
         "model": config["model"],
         "dataset": config["dataset"],
-        "dsl": {key: config[key] for key in DSL_SETTING_KEYS},
+        "dsl": {key: config[key] for key in DSL_SETTINGS},
         "dsl_applied": dsl_applied,
         "dense_small": dense_small,
         "best_valid_score": _plain(best_valid_score),

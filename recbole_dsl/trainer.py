@@ -28,7 +28,7 @@ from recbole.utils import ModelType, get_trainer, set_color
 from torch import nn
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from recbole_dsl.config import mp_prune_epoch
+from recbole_dsl.config import DSL_SETTINGS, mp_prune_epoch
 from recbole_dsl.methods import Method, get_method, sparsity_distribution
 from recbole_dsl.sparse import CosineUpdateSchedule, MaskManager, MaskUpdate, select_parameters
 from recbole_dsl.utils import DSLCheckpointError, DSLConfigError
@@ -58,23 +58,9 @@ def clear_cached_embeddings(model: nn.Module) -> None:
             setattr(model, name, None)
 
 
-# The settings a resumed run must share with its checkpoint: they fixed the masks, their
-# budgets and the schedule (T_end) that the checkpoint holds.
-RESUME_SETTINGS = (
-    "dsl_method",
-    "sparsity",
-    "sparse_params",
-    "sparsity_distribution",
-    "shared_budget",
-    "update_interval",
-    "init_update_ratio",
-    "min_update_ratio",
-    "update_end",
-    "update_epochs",
-    "prune_epoch_fraction",
-    "growth_gradient",
-    "regrown_keep_values",
-)
+
+
+_claimed_names: set = set()
 
 
 def unique_checkpoint_name(path: str) -> str:
@@ -87,10 +73,6 @@ def unique_checkpoint_name(path: str) -> str:
         if candidate not in _claimed_names and not os.path.exists(candidate):
             _claimed_names.add(candidate)
             return candidate
-    raise AssertionError("unreachable")
-
-
-_claimed_names: set = set()
 
 
 class DSLTrainerMixin:
@@ -334,7 +316,7 @@ class DSLTrainerMixin:
             "config": {
                 "model": self.config["model"],
                 "dataset": self.config["dataset"],
-                **{key: self.config[key] for key in RESUME_SETTINGS},
+                **{key: self.config[key] for key in DSL_SETTINGS},
             },
             "epoch": epoch,
             "cur_step": self.cur_step,
@@ -465,7 +447,7 @@ class DSLTrainerMixin:
     def _check_resume_settings(self, resume_file: str, saved: Dict) -> None:
         differences = [
             f"{key}={saved[key]!r} there, {self.config[key]!r} here"
-            for key in RESUME_SETTINGS
+            for key in DSL_SETTINGS
             if key in saved and saved[key] != self.config[key]
         ]
         if differences:

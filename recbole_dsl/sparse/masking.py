@@ -256,12 +256,13 @@ class MaskManager:
                 grad = self.param(name).grad
                 if grad is not None:
                     self._accumulated.setdefault(name, torch.zeros_like(grad)).add_(grad)
-        for group in self.groups:
-            if any(n not in owned for n in group):
-                for name in group:
-                    grad = self.param(name).grad
-                    if name in owned and grad is not None and self.growth == "gradient":
-                        self._last_step_gradient[name] = grad.detach().clone()
+        if len(self._optimizers) > 1 and len(self.groups) == 1 < len(self.names) and self.growth == "gradient":
+            # One budget over tensors of several optimizers (shared_budget): keep each
+            # tensor's gradient of its own optimizer's step for updates another one fires.
+            for name in owned:
+                grad = self.param(name).grad
+                if grad is not None:
+                    self._last_step_gradient[name] = grad.detach().clone()
         due = [i for i in self._pending_ratio if any(n in owned for n in self.groups[i])]
         if due:
             ratio = self._pending_ratio[due[0]]
