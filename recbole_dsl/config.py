@@ -221,6 +221,8 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
         fail("shared_budget", "True or False")
     if not isinstance(config["regrown_keep_values"], bool):
         fail("regrown_keep_values", "True or False")
+    if not isinstance(config["fused_optimizer"], bool):
+        fail("fused_optimizer", "True or False")
     if config["growth_gradient"] is not None and config["growth_gradient"] not in GROWTH_GRADIENTS:
         fail("growth_gradient", " or ".join(GROWTH_GRADIENTS) + " (or ~ for the method's own)")
     selection = config["sparse_params"]

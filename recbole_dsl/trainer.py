@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import itertools
 import math
 import os
@@ -60,6 +61,21 @@ def clear_cached_embeddings(model: nn.Module) -> None:
 
 
 
+def fused_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """A freshly built ``optimizer`` rebuilt with torch's fused kernel where it has one
+    (Adam, AdamW, SGD, Adagrad); any other optimizer, or parameters the kernel does not
+    take, are returned as they are."""
+    if optimizer.defaults.get("fused", True):
+        return optimizer
+    try:
+        accepted = inspect.signature(type(optimizer)).parameters
+        groups = [{key: value for key, value in group.items() if key != "fused"} for group in optimizer.param_groups]
+        defaults = {key: value for key, value in optimizer.defaults.items() if key in accepted}
+        return type(optimizer)(groups, **{**defaults, "fused": True})
+    except (RuntimeError, ValueError):
+        return optimizer
+
+
 _claimed_names: set = set()
 
 
@@ -93,9 +109,14 @@ class DSLTrainerMixin:
     def __init__(self, config, model):
         super().__init__(config, model)
         self.saved_model_file = unique_checkpoint_name(self.saved_model_file)
+        # RecBole's clip_grad_norm_ would count the inactive gradients: _clip_gradients
+        # clips at every optimizer step instead.
+        self.clip_grad_norm = None
 
     def _build_optimizer(self, **kwargs):
         optimizer = super()._build_optimizer(**kwargs)
+        if self.config["fused_optimizer"]:
+            optimizer = fused_optimizer(optimizer)
         if not hasattr(self, "sparsity"):
             self._optimizers = []
             self._last_valid_result = None
@@ -107,6 +128,8 @@ class DSLTrainerMixin:
             self._pruned = False
             self.sparsity = self._create_mask_manager()
         self._optimizers.append(optimizer)
+        if self.config["clip_grad_norm"]:
+            optimizer.register_step_pre_hook(self._clip_gradients)
         optimizer.register_step_post_hook(self._count_step)
         self.sparsity.attach(optimizer)
         return optimizer
@@ -202,6 +225,11 @@ class DSLTrainerMixin:
                     set_color("DSL", "pink") + f": {name} ({manager.numel()[name]:,d} weights) keeps no non-zero at sparsity "
                     f"{config['sparsity']}: it stays zero for the whole run (sparsity_distribution=erk keeps small tensors denser)"
                 )
+
+    def _clip_gradients(self, optimizer, args, kwargs) -> None:
+        """``clip_grad_norm`` over the sparse model: the norm of the active entries, before
+        the masks' own hook (registered after this one) ranks or accumulates gradients."""
+        self.sparsity.clip_grad_norm_(self.model.parameters(), **self.config["clip_grad_norm"])
 
     def _count_step(self, optimizer, args, kwargs) -> None:
         # Counted for every method, dense included, for the training cost figures.

@@ -69,6 +69,26 @@ def test_prefix_selection_keeps_rows_prefixes_under_ties(seed):
         assert is_prefix(grown) and int(grown.sum()) == 70 + k
 
 
+@pytest.mark.parametrize("lowest", [True, False])
+def test_prefix_selection_is_a_stable_sort_in_tie_order(lowest):
+    # The selection avoids sorting every score; it must pick (and order) exactly the first k
+    # of a stable sort of the scores laid out in tie order, with many ties and infinities.
+    for trial in range(100):
+        data = torch.Generator().manual_seed(trial)
+        rows, columns = int(torch.randint(1, 30, (1,), generator=data)), int(torch.randint(1, 9, (1,), generator=data))
+        scores = torch.randint(0, 4, (rows, columns), generator=data).float()
+        scores[torch.rand(rows, columns, generator=data) < 0.2] = math.inf if trial % 2 else -math.inf
+        k = int(torch.randint(0, rows * columns + 1, (1,), generator=data))
+        # Tie order: by column (last first when pruning), rows in a random order per column.
+        row_order = torch.randperm(rows, generator=torch.Generator().manual_seed(trial))
+        column_order = torch.arange(columns - 1, -1, -1) if lowest else torch.arange(columns)
+        order = (row_order.unsqueeze(0) * columns + column_order.unsqueeze(1)).flatten()
+        expected = order[torch.sort(scores.flatten()[order], descending=not lowest, stable=True).indices[:k]]
+        select = select_lowest if lowest else select_highest
+        chosen = select(scores, k, "prefix", torch.Generator().manual_seed(trial))
+        assert torch.equal(chosen, expected), trial
+
+
 class DotProduct(nn.Module):
     def __init__(self):
         super().__init__()

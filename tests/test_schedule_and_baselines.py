@@ -146,12 +146,13 @@ def test_every_method_is_a_valid_dsl_method(tiny_data_path):
         assert load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, "dsl_method": name, **sparsity})["dsl_method"] == name
 
 
+@pytest.mark.parametrize("key", ["regrown_keep_values", "fused_optimizer"])
 @pytest.mark.parametrize("value", [1, "yes", 0.5])
-def test_regrown_keep_values_is_checked(tiny_data_path, value):
+def test_switches_are_checked(tiny_data_path, key, value):
     from recbole_dsl.utils import DSLConfigError
 
-    with pytest.raises(DSLConfigError, match=r"invalid regrown_keep_values=.*: expected True or False"):
-        load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, "regrown_keep_values": value})
+    with pytest.raises(DSLConfigError, match=rf"invalid {key}=.*: expected True or False"):
+        load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, key: value})
 
 
 def test_growth_gradient_is_checked(tiny_data_path):

@@ -205,6 +205,73 @@ def test_invariant_after_every_step_and_update(optimizer_class, shared_budget):
     assert len(masks_seen) > 1  # the masks really moved
 
 
+class GradientMasking(MaskManager):
+    """The reference: gradients of inactive entries zeroed before every step as well."""
+
+    def _pre_step(self, optimizer, args, kwargs):
+        super()._pre_step(optimizer, args, kwargs)
+        for name in self._owned_names(optimizer):
+            self.param(name).grad.mul_(self.masks[name])
+
+
+OPTIMIZERS = {
+    "adam": lambda params: torch.optim.Adam(params, lr=0.05),
+    "adam_fused": lambda params: torch.optim.Adam(params, lr=0.05, fused=True),
+    "adagrad_fused": lambda params: torch.optim.Adagrad(params, lr=0.05, fused=True),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=0.05, weight_decay=0.1),
+    "sgd_momentum": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=0.01),
+    "rmsprop_momentum": lambda params: torch.optim.RMSprop(params, lr=0.01, momentum=0.9, centered=True),
+    "adagrad": lambda params: torch.optim.Adagrad(params, lr=0.05, initial_accumulator_value=0.1),
+}
+
+
+@pytest.mark.parametrize("optimizer_name", sorted(OPTIMIZERS))
+def test_one_masking_pass_trains_as_masked_gradients_do(optimizer_name):
+    # Only the weights are masked after each step; the state an optimizer builds at inactive
+    # entries is reset when they are grown, so every weight follows the steps it would take
+    # with masked gradients, through many mask updates.
+    runs = []
+    for manager_class in (MaskManager, GradientMasking):
+        torch.manual_seed(3)
+        model = TwoTower()
+        manager = manager_class(model, select_parameters(model, "all"), 0.2, schedule(update_interval=3, end_iteration=60))
+        optimizer = OPTIMIZERS[optimizer_name](model.parameters())
+        manager.attach(optimizer)
+        data = torch.Generator().manual_seed(4)
+        for _ in range(60):
+            users, items = torch.randint(0, 50, (32,), generator=data), torch.randint(0, 70, (32,), generator=data)
+            optimizer.zero_grad()
+            model(users, items).sigmoid().log().neg().mean().backward()
+            optimizer.step()
+            assert_invariant(manager)
+        runs.append((model, manager))
+    (model, manager), (reference, reference_manager) = runs
+    assert manager.iteration == 60
+    for name in manager.names:
+        assert torch.equal(manager.masks[name], reference_manager.masks[name])
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_clipping_counts_the_active_entries_only():
+    model = TwoTower()
+    manager = MaskManager(model, ["user.weight"], 0.25, schedule())
+    model.user.weight.grad = torch.ones(50, 8)
+    model.item.weight.grad = torch.full((70, 8), 0.5)
+    inactive_gradient = model.user.weight.grad[~manager.masks["user.weight"]].clone()
+    norm = manager.clip_grad_norm_([model.user.weight, model.item.weight], max_norm=1.0)
+    expected = math.sqrt(manager.budgets["user.weight"] * 1.0 + 70 * 8 * 0.25)  # not sqrt(50 * 8 + 70 * 8 * 0.25)
+    assert float(norm) == pytest.approx(expected)
+    scale = 1.0 / (expected + 1e-6)
+    assert torch.allclose(model.item.weight.grad, torch.full((70, 8), 0.5 * scale))
+    # Every gradient is scaled by the one coefficient; the inactive ones are kept for growth.
+    assert torch.allclose(model.user.weight.grad[~manager.masks["user.weight"]], inactive_gradient * scale)
+    active = torch.cat([model.user.weight.grad[manager.masks["user.weight"]], model.item.weight.grad.flatten()])
+    assert float(active.norm()) == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(TypeError, match="unexpected"):
+        manager.clip_grad_norm_(model.parameters(), max_norm=1.0, max_nrom=2.0)
+
+
 def test_static_mask_never_changes():
     model = TwoTower()
     manager = MaskManager(model, select_parameters(model, "all"), 0.3, schedule(update_interval=0))

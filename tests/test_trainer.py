@@ -106,3 +106,35 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(DSLCheckpointError, match="corrupt, truncated"):
         trainer.resume_checkpoint(truncated)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.9])
+def test_clip_grad_norm_clips_the_norm_of_the_sparse_model(tmp_path, sparsity):
+    # One SGD step per epoch with learning rate 1: the weights move by exactly the clipped
+    # gradient of the active entries, whose norm must be max_norm, not max_norm scaled down
+    # by the inactive entries' share of the norm (or clipped twice, RecBole's way first).
+    max_norm = 1e-4
+    trainer, train_data, _, _ = build(
+        "BPR", tmp_path, sparsity=sparsity, learner="sgd", learning_rate=1.0, train_batch_size=10**6,
+        update_interval=1000, clip_grad_norm={"max_norm": max_norm},
+    )
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer._train_epoch(train_data, 0)
+    assert trainer.optimizer_steps == 1
+    moved = torch.cat([(p.detach() - q).flatten() for p, q in zip(trainer.model.parameters(), before)])
+    assert float(moved.norm()) == pytest.approx(max_norm, rel=1e-2)  # clipping divides by the norm + 1e-6
+    for name in trainer.sparsity.names:
+        assert int((trainer.model.get_parameter(name) != 0).sum()) == trainer.sparsity.budgets[name]
+
+
+@pytest.mark.parametrize("learner, fused", [("adam", True), ("adamw", True), ("sgd", True), ("adagrad", True), ("rmsprop", None)])
+def test_optimizers_run_torchs_fused_kernel_where_it_has_one(tmp_path, learner, fused):
+    trainer, train_data, _, _ = build("BPR", tmp_path, sparsity=0.9, learner=learner, weight_decay=0.01, update_interval=10)
+    assert trainer.optimizer.param_groups[0].get("fused") is fused
+    assert trainer.optimizer.param_groups[0]["weight_decay"] == 0.01
+    trainer._train_epoch(train_data, 0)
+    assert trainer.gradient_growth_updates > 0
+    for name in trainer.sparsity.names:
+        assert int((trainer.model.get_parameter(name) != 0).sum()) == trainer.sparsity.budgets[name]
+    plain, _, _, _ = build("BPR", tmp_path, sparsity=0.9, learner=learner, fused_optimizer=False)
+    assert not plain.optimizer.param_groups[0].get("fused")

@@ -97,9 +97,13 @@ class MaskUpdate:
 class MaskManager:
     """Keeps a fixed budget of non-zero weights in selected tensors of a module.
 
-    The masks are enforced through optimizer hooks (:meth:`attach`): before each step the
-    gradients of inactive entries are zeroed, so no optimizer state accumulates there, and
-    after it the weights are multiplied by their masks. Every ``update_interval``
+    The masks are enforced through optimizer hooks (:meth:`attach`): after each step the
+    weights are multiplied by their masks. That one pass is all an element-wise optimizer
+    (SGD, Adam, AdamW, RMSprop, Adagrad) needs: whatever state it builds at an inactive
+    entry is reset when the entry is grown, so active entries follow exactly the steps
+    they would with masked gradients, and the gradients of inactive entries stay whole
+    for growth to rank (zeroing them would also leave Adam's second moments at exact
+    zeros, whose square root is slow on CPU). Every ``update_interval``
     iterations (see :class:`CosineUpdateSchedule`) the ``k = ceil(rho_t * nnz)`` smallest
     active weights are pruned and ``k`` inactive entries are grown: those with the
     largest gradient magnitude (``growth="gradient"``), topped up at random when fewer
@@ -160,6 +164,7 @@ class MaskManager:
         self.iteration = 0
         self._pending_ratio: Dict[int, float] = {}
         self._optimizers: List[torch.optim.Optimizer] = []
+        self._owned: Dict[int, Tuple[int, List[str]]] = {}
         self._generator = torch.Generator().manual_seed(seed)
         self._multipliers: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         self.grown_init_scale = grown_init_scale
@@ -232,6 +237,26 @@ class MaskManager:
         for name in self.names:
             self.param(name).mul_(self._multiplier(name))
 
+    @torch.no_grad()
+    def clip_grad_norm_(
+        self, parameters: Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0, **kwargs
+    ) -> torch.Tensor:
+        """:func:`torch.nn.utils.clip_grad_norm_` of the sparse model: the norm counts the
+        active entries of the sparsified tensors only (their inactive gradients are kept
+        for growth), and every gradient is scaled by the one coefficient. Returns the norm."""
+        parameters = [p for p in parameters if p.grad is not None]
+        sparsified = {id(self.param(n)): n for n in self.names}
+        gradients = [
+            p.grad.mul(self._multiplier(sparsified[id(p)])) if id(p) in sparsified else p.grad for p in parameters
+        ]
+        error_if_nonfinite = kwargs.pop("error_if_nonfinite", False)
+        foreach = kwargs.pop("foreach", None)
+        if kwargs:
+            raise TypeError(f"clip_grad_norm_ got unexpected arguments {sorted(kwargs)}")
+        total_norm = torch.nn.utils.get_total_norm(gradients, norm_type, error_if_nonfinite, foreach)
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm, foreach)
+        return total_norm
+
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Drive the masks from ``optimizer``'s steps; every attached step is one iteration."""
         self._optimizers.append(optimizer)
@@ -241,8 +266,15 @@ class MaskManager:
         optimizer.register_step_post_hook(self._post_step)
 
     def _owned_names(self, optimizer: torch.optim.Optimizer) -> List[str]:
-        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        return [n for n in self.names if id(self.param(n)) in owned]
+        """The sparsified tensors ``optimizer`` steps, found again only when its parameter
+        groups change (every step asks)."""
+        size = sum(len(group["params"]) for group in optimizer.param_groups)
+        cached = self._owned.get(id(optimizer))
+        if cached is None or cached[0] != size:
+            owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            cached = (size, [n for n in self.names if id(self.param(n)) in owned])
+            self._owned[id(optimizer)] = cached
+        return cached[1]
 
     @torch.no_grad()
     def _pre_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
@@ -269,10 +301,6 @@ class MaskManager:
             exchanged = sum(self._update_group(self.groups[i], self._pending_ratio.pop(i), owned) for i in due)
             if self.on_update is not None:
                 self.on_update(MaskUpdate(self.iteration, ratio, exchanged, self.overall_density()))
-        for name in owned:
-            grad = self.param(name).grad
-            if grad is not None:
-                grad.mul_(self._multiplier(name))
 
     def _accumulates(self) -> bool:
         """Interval gradients are summed while updates remain to be made."""

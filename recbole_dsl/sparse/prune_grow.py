@@ -17,7 +17,7 @@ Two mask structures are supported:
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -72,16 +72,20 @@ def grow_scores(gradient: torch.Tensor, mask: torch.Tensor, structure: str = "un
     return gradient.masked_fill(mask, -math.inf)
 
 
-def _tie_order(shape: torch.Size, structure: str, towards_end: bool, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """Flat positions in the order that breaks ties: for ``prefix`` by column (last first
-    when ``towards_end``), rows in random order within a column; else random."""
-    numel = math.prod(shape)
-    if structure != "prefix":
-        return torch.randperm(numel, generator=generator)
+def _tie_rank(shape: torch.Size, towards_end: bool, generator: Optional[torch.Generator]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Where each flat position of a prefix-structured 2-D tensor comes in the order that
+    breaks ties: by column (last first when ``towards_end``), rows in a random order
+    within a column."""
     rows, columns = shape
-    row_order = torch.randperm(rows, generator=generator)
-    column_order = torch.arange(columns - 1, -1, -1) if towards_end else torch.arange(columns)
-    return (row_order.unsqueeze(0) * columns + column_order.unsqueeze(1)).flatten()
+    row_rank = torch.empty(rows, dtype=torch.long)
+    row_rank[torch.randperm(rows, generator=generator)] = torch.arange(rows)
+
+    def rank(positions: torch.Tensor) -> torch.Tensor:
+        column = positions % columns
+        column_rank = columns - 1 - column if towards_end else column
+        return column_rank * rows + row_rank.to(positions.device)[positions // columns]
+
+    return rank
 
 
 def select_lowest(
@@ -102,7 +106,17 @@ def _select(scores: torch.Tensor, k: int, structure: str, generator: Optional[to
     _check_structure(structure)
     if structure == "unstructured":
         return torch.topk(scores.flatten(), k, largest=not lowest).indices
-    order = _tie_order(scores.shape, structure, towards_end=lowest, generator=generator).to(scores.device)
-    ordered = scores.flatten()[order]
-    ranked = torch.sort(ordered, descending=not lowest, stable=True).indices[:k]
-    return order[ranked]
+    # The first k of a stable sort of the scores in tie order, without sorting them all:
+    # every score better than the k-th, then the ties at the k-th value first in tie
+    # order; the k chosen are returned in the stable sort's order.
+    flat = scores.flatten()
+    rank = _tie_rank(scores.shape, towards_end=lowest, generator=generator)
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
+    threshold = torch.topk(flat, k, largest=not lowest).values[-1]
+    better = (flat < threshold if lowest else flat > threshold).nonzero().flatten()
+    tied = (flat == threshold).nonzero().flatten()
+    tied = tied[torch.sort(rank(tied)).indices[: k - better.numel()]]
+    chosen = torch.cat([better, tied])
+    chosen = chosen[torch.sort(rank(chosen)).indices]
+    return chosen[torch.sort(flat[chosen], descending=not lowest, stable=True).indices]

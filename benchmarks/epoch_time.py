@@ -1,0 +1,147 @@
+"""Epoch-time benchmark: the training-epoch wall time of DSL against dense, side by side.
+
+    python -m recbole_dsl.prepare movielens ../shared/data/ml-1m --name=ml-1m --out=data
+    python benchmarks/epoch_time.py --data_path=data
+
+For every model, ``--repeats`` pairs of runs (dense, then sparse at ``--sparsity`` with
+the default method) train ``--epochs`` epochs each in their own ``run_recbole_dsl.py``
+process, one thread each, alternating so that a change in the machine's load falls on
+both. Each pair gives the ratio of the two runs' mean epoch times; the table reports the
+median ratio over the pairs. A run's results JSON is kept under ``--work_dir`` and reused
+when the benchmark runs again. The table goes to ``benchmarks/results/epoch-time-<dataset>.csv``
+and ``docs/epoch-time-<dataset>.md`` with the commands that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ["BPR", "LightGCN", "NeuMF", "MultiVAE", "SASRec"]
+# The quick profile's sizes for SASRec; NeuMF scores every (user, item) pair through its
+# MLP, so its evaluation batch stays bounded. Evaluation and counting are outside the
+# epoch time; large evaluation batches only make them quicker.
+MODEL_SETTINGS = {
+    "SASRec": ["--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=32", "--inner_size=64", "--n_layers=1", "--n_heads=1"],
+    "NeuMF": ["--eval_batch_size=262144"],
+}
+COLUMNS = ["model", "method", "sparsity", "pairs", "ratio_median", "ratio_min", "ratio_max", "dense_epoch_seconds", "sparse_epoch_seconds"]
+
+
+def run_one(model: str, sparsity: float, repeat: int, args: argparse.Namespace) -> Optional[Dict]:
+    """Train one run (or reuse its results file from an earlier benchmark run)."""
+    out = Path(args.work_dir) / f"{model}-{sparsity}-{repeat}.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    command = [
+        sys.executable, str(ROOT / "run_recbole_dsl.py"), f"--model={model}", f"--dataset={args.dataset}",
+        *([f"--data_path={args.data_path}"] if args.data_path else []), f"--sparsity={sparsity}", f"--epochs={args.epochs}",
+        f"--eval_step={args.epochs}", "--stopping_step=1000", "--show_progress=False", "--eval_batch_size=4096000",
+        *MODEL_SETTINGS.get(model, []), f"--checkpoint_dir={Path(args.work_dir) / 'saved'}", f"--results_file={out}",
+    ]
+    started = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, cwd=args.work_dir, capture_output=True, text=True, env=env)
+    if completed.returncode != 0:
+        print(f"[epoch time] {model} sparsity {sparsity} failed: {completed.stderr.strip().splitlines()[-1:]}", flush=True)
+        return None
+    result = json.loads(out.read_text())
+    print(
+        f"[epoch time] {model} sparsity {sparsity} repeat {repeat}: {result['costs']['epoch_seconds']:.2f} s per epoch "
+        f"({time.perf_counter() - started:.0f} s in all)", flush=True,
+    )
+    return result
+
+
+def table_rows(work_dir: str, sparsity: float) -> List[Dict]:
+    """One row per model from every complete (dense, sparse) pair in ``work_dir``."""
+    rows = []
+    for model in MODELS:
+        pairs, method = [], ""
+        for dense_file in sorted(Path(work_dir).glob(f"{model}-0.0-*.json")):
+            sparse_file = dense_file.with_name(f"{model}-{sparsity}-{dense_file.stem.rpartition('-')[2]}.json")
+            if not sparse_file.exists():
+                continue
+            dense, sparse = (json.loads(f.read_text()) for f in (dense_file, sparse_file))
+            method = sparse["dsl"]["dsl_method"]
+            pairs.append((dense["costs"]["epoch_seconds"], sparse["costs"]["epoch_seconds"]))
+        if not pairs:
+            continue
+        ratios = [s / d for d, s in pairs]
+        rows.append({
+            "model": model, "method": method, "sparsity": sparsity, "pairs": len(pairs),
+            "ratio_median": round(statistics.median(ratios), 4), "ratio_min": round(min(ratios), 4),
+            "ratio_max": round(max(ratios), 4), "dense_epoch_seconds": round(statistics.median(d for d, _ in pairs), 3),
+            "sparse_epoch_seconds": round(statistics.median(s for _, s in pairs), 3),
+        })
+    return rows
+
+
+def write_outputs(rows: List[Dict], args: argparse.Namespace, commands: List[str]) -> None:
+    csv_path = ROOT / "benchmarks" / "results" / f"epoch-time-{args.dataset}.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        f"# Epoch time of DSL against dense on {args.dataset}",
+        "",
+        "The mean training-epoch wall time of a sparse run divided by that of a dense run of the",
+        "same model, trained one after the other on one thread; the median (and range) over the",
+        "pairs. Evaluation and cost counting are not part of an epoch.",
+        "",
+        f"Made on a {os.cpu_count()}-core {platform.machine()} machine ({time.strftime('%Y-%m-%d')}) with",
+        "",
+        *[f"    {command}" for command in commands],
+        "",
+        "| model | method | sparsity | pairs | epoch time / dense (median) | range | dense epoch (s) | sparse epoch (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {row['method']} | {row['sparsity']} | {row['pairs']} | {row['ratio_median']:.3f} | "
+            f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f} | {row['dense_epoch_seconds']:.2f} | {row['sparse_epoch_seconds']:.2f} |"
+        )
+    (ROOT / "docs" / f"epoch-time-{args.dataset}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ml-1m")
+    parser.add_argument("--data_path", default=None, help="folder holding <dataset>/<dataset>.inter (RecBole's default if not given)")
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per run")
+    parser.add_argument("--repeats", type=int, default=3, help="(dense, sparse) pairs per model")
+    parser.add_argument("--work_dir", default=None, help="results JSON of each run (default benchmarks/runs/epoch-time-<dataset>)")
+    args = parser.parse_args()
+    args.data_path = str(Path(args.data_path).resolve()) if args.data_path else None
+    args.work_dir = str(Path(args.work_dir or ROOT / "benchmarks" / "runs" / f"epoch-time-{args.dataset}").resolve())
+    os.makedirs(args.work_dir, exist_ok=True)
+    command = "python benchmarks/epoch_time.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    commands_file = Path(args.work_dir) / "commands.txt"
+    commands = commands_file.read_text(encoding="utf-8").splitlines() if commands_file.exists() else []
+    if command.strip() not in commands:
+        commands.append(command.strip())
+        commands_file.write_text("\n".join(commands) + "\n", encoding="utf-8")
+    for model in args.models:
+        for repeat in range(args.repeats):
+            for sparsity in (0.0, args.sparsity):
+                run_one(model, sparsity, repeat, args)
+        write_outputs(table_rows(args.work_dir, args.sparsity), args, commands)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
