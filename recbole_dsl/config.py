@@ -29,6 +29,7 @@ from recbole_dsl.sparse import DISTRIBUTIONS, GROWTH_GRADIENTS
 from recbole_dsl.utils import PROPERTIES_DIR, DSLConfigError
 
 DSL_PROPERTIES_FILE = PROPERTIES_DIR / "dsl.yaml"
+DISTRIBUTED_PROPERTIES_FILE = PROPERTIES_DIR / "distributed.yaml"
 DSL_METHODS = tuple(METHODS)
 # The settings that decide how a run sparsifies: reported in its results, and fixed for a
 # resumed run by its checkpoint (they set the masks, their budgets and T_end).
@@ -57,7 +58,7 @@ _CONFIG_READ = re.compile(r"""config\[\s*["'](\w+)["']\s*\]""")
 def property_types() -> Dict[str, FrozenSet[type]]:
     """The types each setting's values have in RecBole's property files (overall, every
     model, every dataset) and in this project's."""
-    property_files = [*(RECBOLE_DIR / "properties").rglob("*.yaml"), DSL_PROPERTIES_FILE]
+    property_files = [*(RECBOLE_DIR / "properties").rglob("*.yaml"), DSL_PROPERTIES_FILE, DISTRIBUTED_PROPERTIES_FILE]
     for folder in ("model", "dataset", "protocol"):
         property_files += (PROPERTIES_DIR / folder).glob("*.yaml")
     types: Dict[str, set] = {}
@@ -162,6 +163,7 @@ class DSLConfig(Config):
     def _load_internal_config_dict(self, model, model_class, dataset) -> None:
         super()._load_internal_config_dict(model, model_class, dataset)
         self._update_internal_config_dict(DSL_PROPERTIES_FILE)
+        self._update_internal_config_dict(DISTRIBUTED_PROPERTIES_FILE)
         # The paper's protocol for the dataset's name, then what the files of a folder written
         # by recbole_dsl.prepare hold (benchmark_filename, load_col), as RecBole adds dataset keys.
         data_path = self.external_config_dict.get("data_path", self.internal_config_dict["data_path"])
@@ -169,6 +171,26 @@ class DSLConfig(Config):
             if dataset_file.is_file():
                 keys = self._update_internal_config_dict(dataset_file) or {}
                 self.parameters["Dataset"] += [key for key in keys if key not in self.parameters["Dataset"]]
+
+    def _init_device(self) -> None:
+        """RecBole's devices, with the process group of a distributed run: RecBole's NCCL on
+        GPUs; gloo and the CPU when there is no GPU to use (RecBole would ask NCCL anyway)."""
+        final = self.final_config_dict
+        if final["world_size"] == -1:
+            final["world_size"] = final["nproc"]
+        if "local_rank" not in final or (torch.cuda.is_available() and str(final["gpu_id"]).strip(" ,()")):
+            super()._init_device()
+            return
+        torch.distributed.init_process_group(
+            backend="gloo",
+            rank=final["local_rank"] + final["offset"],
+            world_size=final["world_size"],
+            init_method=f"tcp://{final['ip']}:{final['port']}",
+        )
+        final["device"] = torch.device("cpu")
+        final["single_spec"] = False
+        if final["local_rank"] != 0:
+            final["state"], final["show_progress"], final["verbose"] = "error", False, False
 
     def _set_default_parameters(self) -> None:
         final = self.final_config_dict
@@ -236,9 +258,28 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
         fail("sparse_params", "all, embeddings or a list of name patterns")
     if not isinstance(config["cost_batches"], int) or isinstance(config["cost_batches"], bool) or config["cost_batches"] < 1:
         fail("cost_batches", "an integer >= 1")
+    _validate_distributed(config)
     for key in ("results_file", "resume_file"):
         if config[key] is not None and not isinstance(config[key], str):
             fail(key, "a file path")
+
+
+def _validate_distributed(config: Dict[str, Any]) -> None:
+    def integer(key: str) -> bool:
+        return isinstance(config[key], int) and not isinstance(config[key], bool)
+
+    if not integer("nproc") or config["nproc"] < 1:
+        raise DSLConfigError(f"invalid nproc={config['nproc']!r}: expected an integer >= 1")
+    if not integer("offset") or config["offset"] < 0:
+        raise DSLConfigError(f"invalid offset={config['offset']!r}: expected an integer >= 0")
+    world_size = config["nproc"] if config["world_size"] == -1 else config["world_size"]
+    if not integer("world_size") or world_size < config["nproc"] + config["offset"]:
+        raise DSLConfigError(
+            f"invalid world_size={config['world_size']!r}: expected -1 (nproc) or an integer >= offset + nproc "
+            f"({config['offset']} + {config['nproc']}), the processes on all machines"
+        )
+    if not integer("port") or not 0 < config["port"] < 65536:
+        raise DSLConfigError(f"invalid port={config['port']!r}: expected a TCP port number")
 
 
 def mp_prune_epoch(epochs: int, prune_epoch_fraction: float) -> int:

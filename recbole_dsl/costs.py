@@ -97,7 +97,7 @@ def measure_costs(trainer: DSLTrainerMixin, train_data, eval_data) -> Dict[str, 
     inference = count_inference(trainer, eval_data)
     step = count_training_step(trainer, train_data, trainer.config["cost_batches"])
     seconds = trainer.epoch_seconds
-    return {
+    costs = {
         "inference_macs": inference.forward,
         "inference_macs_dense": inference.forward_dense,
         **training_macs(trainer, step),
@@ -107,7 +107,24 @@ def measure_costs(trainer: DSLTrainerMixin, train_data, eval_data) -> Dict[str, 
         "epochs_trained": len(seconds),
         "epoch_seconds": sum(seconds) / len(seconds) if seconds else math.nan,
         "peak_rss_bytes": peak_rss_bytes,
+        "processes": 1,
     }
+    if torch.distributed.is_initialized():
+        costs.update(whole_job(costs))
+    return costs
+
+
+# Figures that add up over the processes of a distributed run: each trains on its share of
+# the batches and tests its share of the users. Steps, epochs and bytes of the model are
+# those of one process, as all of them step together on one copy of the model.
+SUMMED_OVER_PROCESSES = ("inference_macs", "inference_macs_dense", "train_macs", "train_macs_dense", "peak_rss_bytes", "processes")
+
+
+def whole_job(costs: Mapping[str, Any]) -> Dict[str, int]:
+    """The figures of :data:`SUMMED_OVER_PROCESSES` summed over every process."""
+    totals = torch.tensor([int(costs[key]) for key in SUMMED_OVER_PROCESSES], dtype=torch.int64)
+    torch.distributed.all_reduce(totals)
+    return dict(zip(SUMMED_OVER_PROCESSES, (int(v) for v in totals)))
 
 
 def format_costs(costs: Mapping[str, Any]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -31,7 +32,7 @@ from recbole_dsl.methods import get_method
 from recbole_dsl.model_size import fit_dense_small
 from recbole_dsl.prepare import prepare_command
 from recbole_dsl.sparse.compact import save_compact
-from recbole_dsl.trainer import DSLTrainerMixin, create_trainer
+from recbole_dsl.trainer import DSLTrainerMixin, create_trainer, is_main_process
 from recbole_dsl.utils import DSLCheckpointError, DSLConfigError, DSLDatasetError, DSLError, DSLInterrupted
 
 # The dataset names RecBole downloads when their folder is missing, and how long a silent host may stall it.
@@ -231,7 +232,79 @@ def run_recbole_dsl(
     config = load_config(model, dataset, config_file_list, config_dict)
     check_paths(config)
     with claim_results_file(config["results_file"]), recbole_warnings_silenced():
+        if config["nproc"] > 1 or config["world_size"] > 1:
+            if callback_fn is not None:
+                raise DSLConfigError("callback_fn needs a run in this process: nproc and world_size must be 1")
+            return _run_processes(config, model, dataset, config_file_list, config_dict, saved)
         return _run(config, saved, callback_fn)
+
+
+def _run_processes(
+    config: DSLConfig,
+    model: Optional[str],
+    dataset: Optional[str],
+    config_file_list: Optional[List[str]],
+    config_dict: Optional[Dict[str, Any]],
+    saved: bool,
+) -> Dict[str, Any]:
+    """Train on ``nproc`` processes of this machine (of ``world_size`` in all), as RecBole's
+    ``run`` does: each builds its configuration again, with its ``local_rank``, from the
+    same arguments (the command line included). Returns process 0's summary; the first
+    error of a process is raised here, and stops the others."""
+    if not os.path.isdir(config["data_path"]):
+        load_dataset(config)  # a download happens once, here, not in every process
+    context = torch.multiprocessing.get_context("spawn")
+    queue = context.SimpleQueue()
+    arguments = (model, dataset, config_file_list, config_dict, saved, queue)
+    spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
+    level, interrupted = spawn_logger.level, False
+    spawn_logger.setLevel(logging.ERROR)  # its warning as it stops the others repeats the error
+    processes = torch.multiprocessing.start_processes(
+        _run_process, args=arguments, nprocs=config["nproc"], join=False, start_method="spawn"
+    )
+    try:
+        while True:
+            try:
+                if interrupted:
+                    # Every process stops on the same Ctrl-C: each reports it, process 0
+                    # with its checkpoint, before any is stopped.
+                    for process in processes.processes:
+                        process.join()
+                    break
+                if processes.join():
+                    break
+            except (torch.multiprocessing.ProcessExitedException, torch.multiprocessing.ProcessRaisedException):
+                break  # the others are stopped; the process's own error is on the queue
+            except KeyboardInterrupt:
+                interrupted = True
+    finally:
+        spawn_logger.setLevel(level)
+    messages = []
+    while not queue.empty():
+        messages.append(queue.get())
+    errors = sorted(((rank, error) for kind, rank, error in messages if kind == "error"), key=lambda pair: pair[0])
+    if errors:
+        raise errors[0][1]
+    results = [message for kind, _, message in messages if kind == "result"]
+    if not results and config["offset"] == 0:
+        raise DSLError("a training process ended without a result or an error")
+    return results[0] if results else {}
+
+
+def _run_process(local_rank: int, model, dataset, config_file_list, config_dict, saved: bool, queue) -> None:
+    """One process of a distributed run: its result (process 0) or its error to the queue."""
+    try:
+        config = load_config(model, dataset, config_file_list, {**(config_dict or {}), "local_rank": local_rank})
+        with recbole_warnings_silenced():
+            result = _run(config, saved, None)
+        if is_main_process():
+            queue.put(("result", 0, result))
+    except DSLError as e:
+        queue.put(("error", local_rank, e))
+        sys.exit(2)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 @contextmanager
@@ -320,10 +393,12 @@ def _run(config: DSLConfig, saved: bool, callback_fn: Optional[Callable[[int, fl
     if dsl_applied:
         result["sparsified"] = trainer.sparsity_summary()
         result["final_density"] = trainer.sparsity.overall_density()
-        if saved:
+        if saved and is_main_process():
             result["compact_file"] = compact_file_name(trainer.saved_model_file)
             save_compact(result["compact_file"], trainer.model.state_dict(), trainer.sparsity.masks)
         result["costs"] = measure_costs(trainer, train_data, test_data)
+    if not is_main_process():
+        return result
     _log_summary(logger, result)
     if config["results_file"]:
         write_results(config["results_file"], result)

@@ -76,6 +76,27 @@ def fused_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         return optimizer
 
 
+def is_main_process() -> bool:
+    """Process 0 of a distributed run, or the one process of a run: the one that writes."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def check_masks_agree(masks: Dict[str, torch.Tensor]) -> None:
+    """Raise when the masks differ between the processes of a distributed run: each one
+    prunes and grows by itself, from the gradient averaged over all of them."""
+    sums = []
+    for mask in masks.values():
+        positions = mask.flatten().nonzero().flatten()
+        sums.append((positions * (positions % 9973 + 1)).sum())
+    local = torch.stack(sums)
+    lowest, highest = local.clone(), local.clone()
+    torch.distributed.all_reduce(lowest, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(highest, op=torch.distributed.ReduceOp.MAX)
+    if not torch.equal(lowest, highest):
+        differing = [name for name, low, high in zip(masks, lowest, highest) if low != high]
+        raise RuntimeError(f"the masks of {', '.join(differing)} differ between processes")
+
+
 _claimed_names: set = set()
 
 
@@ -107,7 +128,17 @@ class DSLTrainerMixin:
     dense_iterations: int
 
     def __init__(self, config, model):
-        super().__init__(config, model)
+        if not config["single_spec"] and config["device"].type == "cpu":
+            # RecBole wraps the model for one GPU per process (device_ids=[local_rank]);
+            # DistributedDataParallel takes no device ids for a model on the CPU.
+            config["single_spec"] = True
+            try:
+                super().__init__(config, model)
+            finally:
+                config["single_spec"] = False
+            self.distributed_model = nn.parallel.DistributedDataParallel(self.model)
+        else:
+            super().__init__(config, model)
         self.saved_model_file = unique_checkpoint_name(self.saved_model_file)
         # RecBole's clip_grad_norm_ would count the inactive gradients: _clip_gradients
         # clips at every optimizer step instead.
@@ -239,6 +270,8 @@ class DSLTrainerMixin:
         if self.sparsity.growth == "gradient":
             self.gradient_growth_updates += 1
         clear_cached_embeddings(self.model)
+        if torch.distributed.is_initialized():
+            check_masks_agree(self.sparsity.masks)
         self.logger.info(
             set_color("DSL mask update", "pink")
             + f" [iteration {update.iteration}, rho_t {update.update_ratio:.4f}, "
@@ -337,7 +370,7 @@ class DSLTrainerMixin:
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """Write a checkpoint that ``torch.load(..., weights_only=True)`` reads: plain
         tensors and numbers, the masks and the schedule, every optimizer's state."""
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not is_main_process():
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         state = {
@@ -450,7 +483,8 @@ class DSLTrainerMixin:
         resume_file = str(resume_file)
         checkpoint = self._load_checkpoint(resume_file)
         self._check_resume_settings(resume_file, checkpoint["config"])
-        shutil.copyfile(resume_file, self.saved_model_file)
+        if is_main_process():
+            shutil.copyfile(resume_file, self.saved_model_file)
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
@@ -488,9 +522,26 @@ class DSLTrainerMixin:
         if eval_data and load_best_model:
             checkpoint_file = model_file or self.saved_model_file
             # The best model's weights and masks; the run's schedule and counters stay where training left them.
-            self._load_checkpoint(checkpoint_file, training_state=False)
+            if torch.distributed.is_initialized():
+                # Process 0 wrote the checkpoint, on its machine: it reads it and sends it to the others.
+                torch.distributed.barrier()
+                if is_main_process():
+                    self._load_checkpoint(checkpoint_file, training_state=False)
+                self._broadcast_model()
+            else:
+                self._load_checkpoint(checkpoint_file, training_state=False)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def _broadcast_model(self) -> None:
+        """Process 0's weights, buffers and masks on every process."""
+        for tensor in self.model.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+        for name, mask in list(self.sparsity.masks.items()):
+            received = mask.to(torch.uint8)
+            torch.distributed.broadcast(received, src=0)
+            self.sparsity.masks[name] = received.bool()
+        clear_cached_embeddings(self.model)
 
     # ---------------------------------------------------------------- reporting
     def sparsity_summary(self) -> Dict[str, Dict[str, int]]:

@@ -34,3 +34,7 @@ class DSLInterrupted(DSLError):
         self.checkpoint = checkpoint
         resume = f": resume with --resume_file={checkpoint}" if checkpoint else " before any checkpoint was written"
         super().__init__(f"interrupted{resume}")
+
+    def __reduce__(self):
+        # Rebuilt from the checkpoint, not the message, when it comes from another process.
+        return DSLInterrupted, (self.checkpoint,)
