@@ -33,7 +33,7 @@ MODELS = ["BPR", "LightGCN", "NeuMF", "MultiVAE", "SASRec"]
 # MLP, so its evaluation batch stays bounded. Evaluation and counting are outside the
 # epoch time; large evaluation batches only make them quicker.
 MODEL_SETTINGS = {
-    "SASRec": ["--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=32", "--inner_size=64", "--n_layers=1", "--n_heads=1"],
+    "SASRec": ["--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=32", "--inner_size=64", "--n_layers=1", "--n_heads=1", "--eval_batch_size=4096000"],
     "NeuMF": ["--eval_batch_size=262144"],
 }
 COLUMNS = ["model", "method", "sparsity", "pairs", "ratio_median", "ratio_min", "ratio_max", "dense_epoch_seconds", "sparse_epoch_seconds"]
@@ -47,8 +47,9 @@ def run_one(model: str, sparsity: float, repeat: int, args: argparse.Namespace) 
     command = [
         sys.executable, str(ROOT / "run_recbole_dsl.py"), f"--model={model}", f"--dataset={args.dataset}",
         *([f"--data_path={args.data_path}"] if args.data_path else []), f"--sparsity={sparsity}", f"--epochs={args.epochs}",
-        f"--eval_step={args.epochs}", "--stopping_step=1000", "--show_progress=False", "--eval_batch_size=4096000",
-        *MODEL_SETTINGS.get(model, []), f"--checkpoint_dir={Path(args.work_dir) / 'saved'}", f"--results_file={out}",
+        f"--eval_step={args.epochs}", "--stopping_step=1000", "--show_progress=False",
+        *MODEL_SETTINGS.get(model, ["--eval_batch_size=4096000"]), f"--checkpoint_dir={Path(args.work_dir) / 'saved'}",
+        f"--results_file={out}",
     ]
     started = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

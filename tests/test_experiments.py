@@ -294,3 +294,21 @@ def test_rows_appended_side_by_side_are_all_kept(tmp_path):
     assert [w.wait(timeout=300) for w in workers] == [0, 0]
     rows = experiments.read_rows(csv_file)
     assert sorted(r["run"] for r in rows) == sorted(f"{n}{i}" for n in "ab" for i in range(150))
+
+
+def test_epoch_time_ratios_pair_each_dense_run_with_its_sparse_run(tmp_path):
+    epoch_time = load_benchmark_module("epoch_time")
+
+    def result(model, sparsity, repeat, seconds):
+        content = {"dsl": {"dsl_method": "dsl_mixed"}, "costs": {"epoch_seconds": seconds}}
+        (tmp_path / f"{model}-{sparsity}-{repeat}.json").write_text(json.dumps(content))
+
+    for repeat, (dense, sparse) in enumerate([(2.0, 2.2), (4.0, 4.0), (1.0, 0.9)]):
+        result("BPR", 0.0, repeat, dense)
+        result("BPR", 0.9, repeat, sparse)
+    result("BPR", 0.0, 3, 5.0)  # a dense run whose sparse run has not run yet
+    result("LightGCN", 0.0, 0, 3.0)
+    (row,) = epoch_time.table_rows(str(tmp_path), 0.9)
+    assert (row["model"], row["method"], row["pairs"]) == ("BPR", "dsl_mixed", 3)
+    assert (row["ratio_median"], row["ratio_min"], row["ratio_max"]) == (1.0, 0.9, 1.1)
+    assert (row["dense_epoch_seconds"], row["sparse_epoch_seconds"]) == (2.0, 2.2)
