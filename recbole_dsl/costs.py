@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import math
 import resource
+import time
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -163,7 +164,9 @@ def measure_costs(trainer: DSLTrainerMixin, train_data, eval_data) -> Dict[str, 
     memory is read first: it is the run's, not that of the counting."""
     peak_rss_bytes = peak_memory_bytes()
     state_bytes = train_state_bytes(trainer)
+    started = time.perf_counter()
     inference = count_inference(trainer, eval_data)
+    inference_count_seconds = time.perf_counter() - started
     step = count_training_step(trainer, train_data, trainer.config["cost_batches"])
     seconds = trainer.epoch_seconds
     costs = {
@@ -177,6 +180,7 @@ def measure_costs(trainer: DSLTrainerMixin, train_data, eval_data) -> Dict[str, 
         "epochs_trained": len(seconds),
         "epoch_seconds": sum(seconds) / len(seconds) if seconds else math.nan,
         "peak_rss_bytes": peak_rss_bytes,
+        "inference_count_seconds": inference_count_seconds,
         "processes": 1,
     }
     if torch.distributed.is_initialized():
