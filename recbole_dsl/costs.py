@@ -7,9 +7,11 @@ from __future__ import annotations
 import inspect
 import math
 import resource
-from typing import Any, Dict, Mapping
+import time
+from typing import Any, Dict, Mapping, Optional
 
 import torch
+from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import KGDataLoaderState
 from torch import nn
@@ -26,12 +28,62 @@ def parameter_masks(trainer: DSLTrainerMixin) -> Dict[nn.Parameter, torch.Tensor
 
 def count_inference(trainer: DSLTrainerMixin, eval_data) -> MacCount:
     """MACs of one evaluation pass as RecBole runs it (full sort over every evaluation
-    user, or the sampled candidates of a sampled protocol), cached embeddings rebuilt."""
+    user, or the sampled candidates of a sampled protocol), cached embeddings rebuilt.
+
+    A full sort is counted on large batches of users when the model's count adds up over
+    users (:func:`count_full_sort_in_chunks`): RecBole scores ``eval_batch_size // n_items``
+    users per batch, one on a catalogue larger than that, and counting batch by batch
+    would take many times the test pass itself."""
     clear_cached_embeddings(trainer.model)
-    with MacCounter(parameter_masks(trainer)) as counter:
-        trainer.evaluate(eval_data, load_best_model=False, show_progress=False)
+    count = None
+    if isinstance(eval_data, FullSortEvalDataLoader) and not torch.distributed.is_initialized():
+        count = count_full_sort_in_chunks(trainer, eval_data)
+    if count is None:
+        clear_cached_embeddings(trainer.model)
+        with MacCounter(parameter_masks(trainer)) as counter:
+            trainer.evaluate(eval_data, load_best_model=False, show_progress=False)
+        count = counter.count
     clear_cached_embeddings(trainer.model)
-    return counter.count
+    return count
+
+
+# Scores of one counted chunk of a full sort (users times items): 64 MiB of fp32.
+CHUNK_SCORES = 2**24
+
+
+@torch.no_grad()
+def count_full_sort_in_chunks(trainer: DSLTrainerMixin, eval_data: FullSortEvalDataLoader) -> Optional[MacCount]:
+    """The MACs of RecBole's full-sort pass, counted on chunks of many of its batches at a
+    time; None when the model's count of two batches together is not the sum of theirs
+    (work per batch that does not grow with its users), for the caller to count batch by
+    batch. Work the pass does once and caches (LightGCN's propagation) is the difference
+    between the first batch counted first and counted again, and is added once."""
+    step, size = eval_data.step, eval_data.sample_size
+    if size < 2 * step:
+        return None
+    clear_cached_embeddings(trainer.model)
+    trainer.model.eval()
+    trainer.tot_item_num = eval_data._dataset.item_num
+    if trainer.item_tensor is None:
+        trainer.item_tensor = eval_data._dataset.get_item_feature().to(trainer.device)
+
+    def count(*chunks: range) -> MacCount:
+        total = MacCount()
+        for chunk in chunks:
+            batch = eval_data.collate_fn(list(chunk))  # RecBole's batch of these users, not counted
+            with MacCounter(parameter_masks(trainer)) as counter:
+                trainer._full_sort_batch_eval(batch)
+            total = total + counter.count
+        return total
+
+    first, second = range(0, step), range(step, 2 * step)
+    with_cached_work = count(first)  # what the pass computes once and caches comes with its first batch
+    first_alone, second_alone = count(first), count(second)
+    if count(range(0, 2 * step)) != first_alone + second_alone:
+        return None
+    width = max(step, CHUNK_SCORES // trainer.tot_item_num)
+    chunks = [range(start, min(start + width, size)) for start in range(0, size, width)]
+    return with_cached_work - first_alone + count(*chunks)
 
 
 def count_training_step(trainer: DSLTrainerMixin, train_data, max_batches: int) -> MacCount:
@@ -85,6 +137,23 @@ def storage_bytes(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Dict[s
     }
 
 
+def train_state_bytes(trainer: DSLTrainerMixin) -> Dict[str, int]:
+    """Bytes held between training steps for the sparsified tensors, read from the tensors:
+    the weights, their gradients (one of the weight's size is made every step), every
+    optimizer's state for them, and what the masks add; ``_dense``: the same without the
+    masks, as a dense run holds them."""
+    manager, held, dense = trainer.sparsity, 0, 0
+    masks_held = manager.held_bytes()
+    for name in manager.names:
+        param = manager.param(name)
+        state = [value for optimizer in trainer._optimizers for value in optimizer.state.get(param, {}).values()]
+        tensors = [param, param.grad if param.grad is not None else param] + [v for v in state if torch.is_tensor(v)]
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        dense += size
+        held += size + masks_held[name]
+    return {"train_state_bytes": held, "train_state_bytes_dense": dense}
+
+
 def peak_memory_bytes() -> int:
     """Peak resident set size of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -94,7 +163,10 @@ def measure_costs(trainer: DSLTrainerMixin, train_data, eval_data) -> Dict[str, 
     """Every cost figure of a finished run, as plain numbers for the results JSON. Peak
     memory is read first: it is the run's, not that of the counting."""
     peak_rss_bytes = peak_memory_bytes()
+    state_bytes = train_state_bytes(trainer)
+    started = time.perf_counter()
     inference = count_inference(trainer, eval_data)
+    inference_count_seconds = time.perf_counter() - started
     step = count_training_step(trainer, train_data, trainer.config["cost_batches"])
     seconds = trainer.epoch_seconds
     costs = {
@@ -102,11 +174,13 @@ def measure_costs(trainer: DSLTrainerMixin, train_data, eval_data) -> Dict[str, 
         "inference_macs_dense": inference.forward_dense,
         **training_macs(trainer, step),
         **storage_bytes(trainer.model, trainer.sparsity.masks),
+        **state_bytes,
         "optimizer_steps": trainer.optimizer_steps,
         "gradient_growth_updates": trainer.gradient_growth_updates,
         "epochs_trained": len(seconds),
         "epoch_seconds": sum(seconds) / len(seconds) if seconds else math.nan,
         "peak_rss_bytes": peak_rss_bytes,
+        "inference_count_seconds": inference_count_seconds,
         "processes": 1,
     }
     if torch.distributed.is_initialized():
@@ -117,7 +191,10 @@ def measure_costs(trainer: DSLTrainerMixin, train_data, eval_data) -> Dict[str, 
 # Figures that add up over the processes of a distributed run: each trains on its share of
 # the batches and tests its share of the users. Steps, epochs and bytes of the model are
 # those of one process, as all of them step together on one copy of the model.
-SUMMED_OVER_PROCESSES = ("inference_macs", "inference_macs_dense", "train_macs", "train_macs_dense", "peak_rss_bytes", "processes")
+SUMMED_OVER_PROCESSES = (
+    "inference_macs", "inference_macs_dense", "train_macs", "train_macs_dense", "train_state_bytes", "train_state_bytes_dense",
+    "peak_rss_bytes", "processes",
+)
 
 
 def whole_job(costs: Mapping[str, Any]) -> Dict[str, int]:
@@ -140,6 +217,7 @@ def format_costs(costs: Mapping[str, Any]) -> str:
         row("training MACs", costs["train_macs"], costs["train_macs_dense"]),
         row("parameter bytes", costs["param_bytes_compact"], costs["param_bytes_dense"]),
         row("non-zero params", costs["nonzero_params"], costs["params"]),
+        row("training state", costs["train_state_bytes"], costs["train_state_bytes_dense"]),
         f"    epoch time {costs['epoch_seconds']:.2f} s (mean of {costs['epochs_trained']}), "
         f"peak memory {costs['peak_rss_bytes'] / 2**20:,.0f} MiB",
     ]

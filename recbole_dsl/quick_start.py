@@ -367,9 +367,11 @@ def _run(config: DSLConfig, saved: bool, callback_fn: Optional[Callable[[int, fl
     # A non-parametric model is fitted once and kept in memory; RecBole's own checkpoint
     # of it pickles scipy objects that torch >= 2.6 refuses to load by default.
     dsl_applied = isinstance(trainer, DSLTrainerMixin)
+    started = time.perf_counter()
     test_result = trainer.evaluate(
         test_data, load_best_model=saved and dsl_applied, show_progress=config["show_progress"]
     )
+    test_seconds = time.perf_counter() - started
 
     result = {
         "model": config["model"],
@@ -396,7 +398,7 @@ def _run(config: DSLConfig, saved: bool, callback_fn: Optional[Callable[[int, fl
         if saved and is_main_process():
             result["compact_file"] = compact_file_name(trainer.saved_model_file)
             save_compact(result["compact_file"], trainer.model.state_dict(), trainer.sparsity.masks)
-        result["costs"] = measure_costs(trainer, train_data, test_data)
+        result["costs"] = {**measure_costs(trainer, train_data, test_data), "test_seconds": test_seconds}
     if not is_main_process():
         return result
     _log_summary(logger, result)

@@ -163,6 +163,12 @@ def test_run_reports_costs_and_writes_a_compact_model(tiny_data_path):
     assert costs["nonzero_params"] == sum(entry["nnz"] for entry in result["sparsified"].values())
     assert costs["optimizer_steps"] > 0 and costs["gradient_growth_updates"] >= 1
     assert costs["epochs_trained"] == 2 and costs["epoch_seconds"] > 0 and costs["peak_rss_bytes"] > 0
+    assert costs["test_seconds"] > 0 and costs["inference_count_seconds"] > 0
+    # Mask mode holds every sparsified tensor densely: fp32 weights, gradients and Adam's two
+    # moments (and its step count), plus the boolean mask and its fp32 multiplier.
+    numel = [entry["numel"] for entry in result["sparsified"].values()]
+    assert costs["train_state_bytes_dense"] == sum(4 * 4 * n + 4 for n in numel)
+    assert costs["train_state_bytes"] == costs["train_state_bytes_dense"] + sum(5 * n for n in numel)
 
     config = load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path})
     init_seed(config["seed"], config["reproducibility"])
@@ -183,3 +189,59 @@ def test_dense_run_costs_equal_their_dense_figures(tiny_data_path):
     assert costs["inference_macs"] == costs["inference_macs_dense"] > 0
     assert costs["train_macs"] == costs["train_macs_dense"] > 0
     assert costs["gradient_growth_updates"] == 0
+
+
+def trained_trainer(model_name, data_path, tmp_path, **settings):
+    from recbole_dsl.trainer import create_trainer
+
+    config = load_config(model_name, "tiny", config_dict={
+        "data_path": data_path, "show_progress": False, "state": "ERROR", "sparsity": 0.8,
+        "checkpoint_dir": str(tmp_path / "saved"), **settings,
+    })
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, _, test_data = data_preparation(config, create_dataset(config))
+    trainer = create_trainer(config, get_model(model_name)(config, train_data._dataset))
+    trainer._train_epoch(train_data, 0)
+    return trainer, test_data
+
+
+def count_batch_by_batch(trainer, test_data):
+    from recbole_dsl.costs import parameter_masks
+    from recbole_dsl.trainer import clear_cached_embeddings
+
+    clear_cached_embeddings(trainer.model)
+    with MacCounter(parameter_masks(trainer)) as counter:
+        trainer.evaluate(test_data, load_best_model=False)
+    return counter.count
+
+
+SEQUENTIAL = {"MAX_ITEM_LIST_LENGTH": 10, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1,
+              "eval_batch_size": 16, "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]}}
+
+
+@pytest.mark.parametrize("model_name", ["BPR", "LightGCN", "NeuMF", "MultiVAE", "DMF", "SASRec"])
+def test_full_sort_counted_on_chunks_equals_the_count_batch_by_batch(tiny_data_path, tmp_path, model_name):
+    from recbole_dsl.costs import count_full_sort_in_chunks, count_inference
+
+    # eval_batch_size 800 scores two of the 400 items' users per batch: 50 batches.
+    trainer, test_data = trained_trainer(model_name, tiny_data_path, tmp_path, **(SEQUENTIAL if model_name == "SASRec" else {"eval_batch_size": 800}))
+    expected = count_batch_by_batch(trainer, test_data)
+    assert expected.forward > 0 and expected.forward < expected.forward_dense
+    assert count_full_sort_in_chunks(trainer, test_data) == expected  # the chunks are used, and agree
+    assert count_inference(trainer, test_data) == expected
+
+
+def test_work_per_batch_that_does_not_grow_with_its_users_is_counted_batch_by_batch(tiny_data_path, tmp_path, monkeypatch):
+    from recbole_dsl.costs import count_full_sort_in_chunks, count_inference
+
+    trainer, test_data = trained_trainer("BPR", tiny_data_path, tmp_path, eval_batch_size=800)
+    model = trainer.model
+    plain = type(model).full_sort_predict
+
+    def with_item_work(interaction):  # one pass over the item table per batch, whatever its size
+        torch.mm(model.item_embedding.weight, model.item_embedding.weight.t()[:, :1])
+        return plain(model, interaction)
+
+    monkeypatch.setattr(model, "full_sort_predict", with_item_work)
+    assert count_full_sort_in_chunks(trainer, test_data) is None
+    assert count_inference(trainer, test_data) == count_batch_by_batch(trainer, test_data)

@@ -371,3 +371,22 @@ def test_shared_budget_across_optimizers_ranks_each_tensors_own_last_gradient(mo
     assert has_gradient.any()
     assert torch.equal(item_scores[has_gradient], expected[has_gradient])
     assert_invariant(manager)
+
+
+def test_interval_gradients_are_held_until_the_last_update_only():
+    torch.manual_seed(5)
+    model = TwoTower()
+    names = select_parameters(model, "all")
+    manager = MaskManager(model, names, 0.2, schedule(update_interval=3, end_iteration=6), growth_gradient="interval")
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    manager.attach(optimizer)
+    mask_and_multiplier = {n: manager.masks[n].numel() * 5 for n in names}  # bool mask + fp32 multiplier
+    for step in range(1, 10):
+        optimizer.zero_grad()
+        model(torch.randint(0, 50, (16,)), torch.randint(0, 70, (16,))).sum().backward()
+        optimizer.step()
+        held = manager.held_bytes()
+        if step in (4, 5):  # summing towards the update at 6
+            assert all(held[n] == mask_and_multiplier[n] + manager.masks[n].numel() * 4 for n in names)
+        if step >= 7:  # T_end has passed
+            assert held == mask_and_multiplier

@@ -50,6 +50,9 @@ class MacCount:
     def __add__(self, other: "MacCount") -> "MacCount":
         return MacCount(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
 
+    def __sub__(self, other: "MacCount") -> "MacCount":
+        return MacCount(*(getattr(self, f) - getattr(other, f) for f in self.__dataclass_fields__))
+
     def scaled(self, factor: float) -> "MacCount":
         return MacCount(*(round(getattr(self, f) * factor) for f in self.__dataclass_fields__))
 

@@ -217,6 +217,16 @@ class MaskManager:
     def numel(self) -> Dict[str, int]:
         return {n: self.masks[n].numel() for n in self.names}
 
+    def held_bytes(self) -> Dict[str, int]:
+        """Bytes the manager itself holds per sparsified tensor between steps: the mask, its
+        cached multiplier, and the interval and last-step gradients it keeps."""
+        held = {}
+        for name in self.names:
+            tensors = [self.masks[name], self._multipliers.get(name, (None, None))[1],
+                       self._accumulated.get(name), self._last_step_gradient.get(name)]
+            held[name] = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        return held
+
     def overall_density(self) -> float:
         return sum(self.nnz().values()) / sum(self.numel().values())
 
@@ -286,8 +296,14 @@ class MaskManager:
         if self._accumulates():
             for name in owned:
                 grad = self.param(name).grad
-                if grad is not None:
-                    self._accumulated.setdefault(name, torch.zeros_like(grad)).add_(grad)
+                if grad is None:
+                    continue
+                if name in self._accumulated:
+                    self._accumulated[name].add_(grad)
+                else:
+                    self._accumulated[name] = grad.clone()
+        elif self._accumulated:
+            self._accumulated.clear()  # no update is left to rank them: free the buffers
         if len(self._optimizers) > 1 and len(self.groups) == 1 < len(self.names) and self.growth == "gradient":
             # One budget over tensors of several optimizers (shared_budget): keep each
             # tensor's gradient of its own optimizer's step for updates another one fires.
@@ -370,6 +386,8 @@ class MaskManager:
     def _stacked(self, tensors: List[torch.Tensor], structure: str) -> torch.Tensor:
         """A group's tensors as one: rows stacked (prefix) or flattened and concatenated.
         Both orders give the same flat index of every entry."""
+        if len(tensors) == 1:
+            return tensors[0] if structure == "prefix" else tensors[0].flatten()
         if structure == "prefix":
             return torch.cat(tensors, dim=0)
         return torch.cat([t.flatten() for t in tensors])
@@ -380,7 +398,7 @@ class MaskManager:
         makes the update (None: every tensor's ``.grad`` is current)."""
         params = [self.param(n) for n in names]
         structure = self._group_structure(names)
-        mask = self._stacked([self.masks[n] for n in names], structure)
+        mask = self._stacked([self.masks[n] for n in names], structure).clone()  # the new mask
         nnz = int(mask.sum())
         if nnz == mask.numel() or nnz == 0:
             return 0

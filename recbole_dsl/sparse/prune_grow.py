@@ -53,13 +53,12 @@ def uniform_prefix_mask(shape: torch.Size, budget: int, generator: torch.Generat
 def prune_scores(magnitude: torch.Tensor, mask: torch.Tensor, structure: str = "unstructured") -> torch.Tensor:
     """Scores of the active entries (the lowest are pruned); inactive entries score +inf."""
     _check_structure(structure)
-    scores = magnitude.masked_fill(~mask, math.inf)
+    inactive = ~mask
     if structure == "prefix":
         # An entry leaves only with every active entry after it: it scores the largest
         # magnitude it would take along (the suffix maximum over the active part).
-        suffix_max = torch.flip(torch.cummax(torch.flip(magnitude.masked_fill(~mask, 0.0), [1]), dim=1).values, [1])
-        scores = suffix_max.masked_fill(~mask, math.inf)
-    return scores
+        magnitude = torch.flip(torch.cummax(torch.flip(magnitude.masked_fill(inactive, 0.0), [1]), dim=1).values, [1])
+    return magnitude.masked_fill(inactive, math.inf)
 
 
 def grow_scores(gradient: torch.Tensor, mask: torch.Tensor, structure: str = "unstructured") -> torch.Tensor:
