@@ -251,13 +251,15 @@ def _run_processes(
     ``run`` does: each builds its configuration again, with its ``local_rank``, from the
     same arguments (the command line included). Returns process 0's summary; the first
     error of a process is raised here, and stops the others."""
+    if config["offset"] == 0:
+        _check_port_free(config["ip"], config["port"])
     if not os.path.isdir(config["data_path"]):
         load_dataset(config)  # a download happens once, here, not in every process
     context = torch.multiprocessing.get_context("spawn")
     queue = context.SimpleQueue()
     arguments = (model, dataset, config_file_list, config_dict, saved, queue)
     spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
-    level, interrupted = spawn_logger.level, False
+    level, interrupted, failure = spawn_logger.level, False, None
     spawn_logger.setLevel(logging.ERROR)  # its warning as it stops the others repeats the error
     processes = torch.multiprocessing.start_processes(
         _run_process, args=arguments, nprocs=config["nproc"], join=False, start_method="spawn"
@@ -273,8 +275,11 @@ def _run_processes(
                     break
                 if processes.join():
                     break
-            except (torch.multiprocessing.ProcessExitedException, torch.multiprocessing.ProcessRaisedException):
+            except torch.multiprocessing.ProcessExitedException:
                 break  # the others are stopped; the process's own error is on the queue
+            except torch.multiprocessing.ProcessRaisedException as e:
+                failure = [line for line in str(e).splitlines() if line.strip()][-1]
+                break
             except KeyboardInterrupt:
                 interrupted = True
     finally:
@@ -285,10 +290,23 @@ def _run_processes(
     errors = sorted(((rank, error) for kind, rank, error in messages if kind == "error"), key=lambda pair: pair[0])
     if errors:
         raise errors[0][1]
+    if failure:
+        raise DSLError(f"a training process failed: {failure}")
     results = [message for kind, _, message in messages if kind == "result"]
     if not results and config["offset"] == 0:
         raise DSLError("a training process ended without a result or an error")
     return results[0] if results else {}
+
+
+def _check_port_free(ip: str, port: int) -> None:
+    """Process 0 listens on ``ip:port`` for the others: a port in use would fail in every
+    process, after the data is loaded."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed run's port is free again
+        try:
+            probe.bind((ip, port))
+        except OSError as e:
+            raise DSLConfigError(f"invalid port={port}: cannot listen on {ip}:{port} ({e.strerror or e}): pass a free --port") from None
 
 
 def _run_process(local_rank: int, model, dataset, config_file_list, config_dict, saved: bool, queue) -> None:

@@ -85,10 +85,10 @@ def test_both_processes_hold_the_same_masks_after_every_update(tiny_data_path, t
         assert torch.equal(ranks[0]["masks"][name], ranks[1]["masks"][name])
 
 
-def run_cli(tmp_path, data_path, *arguments):
+def run_cli(tmp_path, data_path, *arguments, port=None):
     command = [
         sys.executable, str(ROOT / "run_recbole_dsl.py"), "--model=BPR", "--dataset=tiny", f"--data_path={data_path}",
-        "--nproc=2", f"--port={free_port()}", "--update_interval=4", "--train_batch_size=256", "--show_progress=False",
+        "--nproc=2", f"--port={port or free_port()}", "--update_interval=4", "--train_batch_size=256", "--show_progress=False",
         f"--checkpoint_dir={tmp_path / 'saved'}", *arguments,
     ]
     return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -123,6 +123,15 @@ def test_an_error_in_a_process_is_one_line(tiny_data_path, tmp_path):
     assert "Traceback" not in unreadable.stderr
     bad = run_cli(tmp_path, tiny_data_path, "--world_size=1")
     assert bad.returncode == 2 and "invalid world_size=1" in bad.stderr
+    with socket.socket() as listener:  # another program holds the port
+        listener.bind(("localhost", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        taken = run_cli(tmp_path, tiny_data_path, port=port)
+    assert taken.returncode == 2
+    assert taken.stderr.strip().splitlines() == [
+        f"error: invalid port={port}: cannot listen on localhost:{port} (Address already in use): pass a free --port"
+    ]
 
 
 @pytest.mark.slow
