@@ -125,18 +125,24 @@ def main() -> int:
     args.data_path = str(Path(args.data_path).resolve()) if args.data_path else None
     args.work_dir = str(Path(args.work_dir or ROOT / "benchmarks" / "runs" / f"costs-{args.dataset}").resolve())
     os.makedirs(args.work_dir, exist_ok=True)
-    command = "python benchmarks/costs.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-    commands_file = Path(args.work_dir) / "commands.txt"
-    commands = commands_file.read_text(encoding="utf-8").splitlines() if commands_file.exists() else []
-    if command.strip() not in commands:
-        commands.append(command.strip())
-        commands_file.write_text("\n".join(commands) + "\n", encoding="utf-8")
+    commands = record_command("costs.py", args.work_dir)
     for model in args.models:
         for sparsity in sorted(set([0.0] + args.sparsities)):
             run_one(model, sparsity, args)
         write_outputs(table_rows(collect(args.work_dir)), args.dataset, commands)
     return 0
+
+
+def record_command(script: str, work_dir: str) -> List[str]:
+    """Add this invocation of ``benchmarks/<script>`` to ``<work_dir>/commands.txt``; returns
+    every command that made the runs kept there, for the table to list."""
+    command = f"python benchmarks/{script} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    commands_file = Path(work_dir) / "commands.txt"
+    commands = commands_file.read_text(encoding="utf-8").splitlines() if commands_file.exists() else []
+    if command.strip() not in commands:
+        commands.append(command.strip())
+        commands_file.write_text("\n".join(commands) + "\n", encoding="utf-8")
+    return commands
 
 
 def collect(work_dir: str) -> Dict[str, Dict[float, Dict]]:

@@ -19,13 +19,14 @@ import csv
 import json
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from costs import record_command  # benchmarks/costs.py
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["BPR", "LightGCN", "NeuMF", "MultiVAE", "SASRec"]
@@ -130,12 +131,7 @@ def main() -> int:
     args.data_path = str(Path(args.data_path).resolve()) if args.data_path else None
     args.work_dir = str(Path(args.work_dir or ROOT / "benchmarks" / "runs" / f"epoch-time-{args.dataset}").resolve())
     os.makedirs(args.work_dir, exist_ok=True)
-    command = "python benchmarks/epoch_time.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    commands_file = Path(args.work_dir) / "commands.txt"
-    commands = commands_file.read_text(encoding="utf-8").splitlines() if commands_file.exists() else []
-    if command.strip() not in commands:
-        commands.append(command.strip())
-        commands_file.write_text("\n".join(commands) + "\n", encoding="utf-8")
+    commands = record_command("epoch_time.py", args.work_dir)
     for model in args.models:
         for repeat in range(args.repeats):
             for sparsity in (0.0, args.sparsity):
