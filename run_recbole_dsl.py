@@ -4,7 +4,7 @@
 
 Every RecBole setting and DSL property can be given as ``--key=value`` or ``--key value``. With
 ``--sweep=FILE --sweep_dir=DIR`` it runs a hyperparameter sweep with Ray Tune instead
-(see ``recbole_dsl.tuning``); the exit status is then 1 when no trial finished or the
+(see ``recbole_dsl.tools.sweep``); the exit status is then 1 when no trial finished or the
 sweep was interrupted.
 """
 
@@ -13,8 +13,8 @@ import sys
 import warnings
 from typing import List, Optional
 
+from recbole_dsl.errors import DSLConfigError, DSLError, DSLInterrupted, DSLSweepError
 from recbole_dsl.quick_start import run_recbole_dsl
-from recbole_dsl.utils import DSLConfigError, DSLError, DSLInterrupted, DSLSweepError
 
 
 SHORT_OPTIONS = {"-m": "--model", "-d": "--dataset"}
@@ -78,7 +78,7 @@ def _sweep(args: argparse.Namespace, config_file_list: Optional[List[str]]) -> i
     with warnings.catch_warnings():
         # Ray 2.6.3 imports pkg_resources, whose deprecation warning means nothing to a user.
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-        from recbole_dsl.tuning import run_sweep  # imports Ray, which single runs do not need
+        from recbole_dsl.tools.sweep import run_sweep  # imports Ray, which single runs do not need
 
     outcome = run_sweep(args.model, args.dataset, args.sweep, args.sweep_dir, config_file_list, args.ray_address)
     return 0 if outcome.complete and outcome.best_config_file else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import math
 import numbers
 import re
@@ -16,18 +17,11 @@ import yaml
 from recbole.config import Config
 from recbole.utils import ModelType
 
-# RecBole's SINE module switches on autograd anomaly detection for the whole process when
-# it is imported, and finding any sequential model imports it: every backward pass then
-# checks every gradient for NaN (a third of SASRec's training step on CPU). Import the
-# package once here and give the process its setting back.
-_anomaly_detection = torch.is_anomaly_enabled()
-import recbole.model.sequential_recommender  # noqa: E402,F401
-torch.autograd.set_detect_anomaly(_anomaly_detection)
-
+from recbole_dsl.errors import DSLConfigError
 from recbole_dsl.methods import METHODS
 from recbole_dsl.sparse import DISTRIBUTIONS, GROWTH_GRADIENTS
-from recbole_dsl.utils import PROPERTIES_DIR, DSLConfigError
 
+PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
 DSL_PROPERTIES_FILE = PROPERTIES_DIR / "dsl.yaml"
 DISTRIBUTED_PROPERTIES_FILE = PROPERTIES_DIR / "distributed.yaml"
 DSL_METHODS = tuple(METHODS)
@@ -124,6 +118,18 @@ def _dsl_keys() -> List[str]:
         return list(yaml.safe_load(f))
 
 
+def import_recbole_models() -> None:
+    """Import RecBole's model packages, keeping the process's autograd anomaly setting.
+
+    RecBole's SINE module switches anomaly detection on for the whole process when it is
+    imported, and finding any sequential model imports it: every backward pass would then
+    check every gradient for NaN (a third of SASRec's training step on CPU). Called before
+    a configuration finds its model; later imports find the packages loaded."""
+    anomaly_detection = torch.is_anomaly_enabled()
+    importlib.import_module("recbole.model.sequential_recommender")
+    torch.autograd.set_detect_anomaly(anomaly_detection)
+
+
 class DSLConfig(Config):
     """RecBole's :class:`~recbole.config.Config` plus ``properties/dsl.yaml``,
     ``properties/dataset/<dataset>.yaml`` and the ``<data_path>/<dataset>/<dataset>.yaml``
@@ -137,6 +143,7 @@ class DSLConfig(Config):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.notes: List[str] = []
+        import_recbole_models()
         super().__init__(*args, **kwargs)
         if self.model_class.__module__.startswith("recbole."):  # a model class of the user's may read keys of its own
             for source, settings in (

@@ -8,9 +8,9 @@ from typing import Any, Callable, Dict, List, Tuple, Union
 
 from torch import nn
 
+from recbole_dsl.errors import DSLConfigError
 from recbole_dsl.methods import sparsity_distribution
 from recbole_dsl.sparse import layer_densities, round_budget, select_parameters
-from recbole_dsl.utils import DSLConfigError
 
 # The settings that hold a backbone's parameters, scaled together by one factor. Models not
 # listed scale every one of these keys they have.

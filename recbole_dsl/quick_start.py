@@ -27,13 +27,12 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import ModelType, get_model, init_logger, init_seed, set_color
 
 from recbole_dsl.config import DSL_SETTINGS, DSLConfig
-from recbole_dsl.costs import format_costs, measure_costs
+from recbole_dsl.costs.compact import save_compact
+from recbole_dsl.costs.measure import format_costs, measure_costs
+from recbole_dsl.errors import DSLCheckpointError, DSLConfigError, DSLDatasetError, DSLError, DSLInterrupted
 from recbole_dsl.methods import get_method
 from recbole_dsl.model_size import fit_dense_small
-from recbole_dsl.prepare import prepare_command
-from recbole_dsl.sparse.compact import save_compact
 from recbole_dsl.trainer import DSLTrainerMixin, create_trainer, is_main_process
-from recbole_dsl.utils import DSLCheckpointError, DSLConfigError, DSLDatasetError, DSLError, DSLInterrupted
 
 # The dataset names RecBole downloads when their folder is missing, and how long a silent host may stall it.
 RECBOLE_URL_FILE = Path(recbole.__file__).parent / "properties" / "dataset" / "url.yaml"
@@ -111,6 +110,9 @@ def load_dataset(config: DSLConfig):
     """RecBole's ``create_dataset``. A dataset neither in its folder nor downloadable ends
     with one line naming the folder and the ``recbole_dsl.prepare`` command that fills it."""
     name, folder = config["dataset"], config["data_path"]
+    # The tool that fills a data folder, imported only to name its command.
+    from recbole_dsl.tools.prepare import prepare_command
+
     prepare_hint = prepare_command(name, os.path.dirname(os.path.normpath(folder)))
     if not os.path.isdir(folder):
         if name not in _downloadable_datasets():

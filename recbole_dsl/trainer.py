@@ -30,9 +30,9 @@ from torch import nn
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from recbole_dsl.config import DSL_SETTINGS, mp_prune_epoch
+from recbole_dsl.errors import DSLCheckpointError, DSLConfigError
 from recbole_dsl.methods import Method, get_method, sparsity_distribution
 from recbole_dsl.sparse import CosineUpdateSchedule, MaskManager, MaskUpdate, select_parameters
-from recbole_dsl.utils import DSLCheckpointError, DSLConfigError
 
 
 def is_non_parametric(model: nn.Module) -> bool:

@@ -14,7 +14,7 @@ import recbole.model.sequential_recommender as sequential
 import torch
 from recbole.model.abstract_recommender import AbstractRecommender
 
-from recbole_dsl.sparse.compact import load_compact
+from recbole_dsl.costs.compact import load_compact
 from recbole_dsl.quick_start import run_recbole_dsl
 from recbole_dsl.sparse import round_budget
 

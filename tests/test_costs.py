@@ -14,8 +14,8 @@ from recbole.utils import get_model, init_seed
 from safetensors.torch import save as save_safetensors
 
 from recbole_dsl.quick_start import load_config, run_recbole_dsl
-from recbole_dsl.sparse.compact import CompactFileError, decode, encode, load_compact, save_compact
-from recbole_dsl.sparse.macs import MacCounter
+from recbole_dsl.costs.compact import CompactFileError, decode, encode, load_compact, save_compact
+from recbole_dsl.costs.macs import MacCounter
 
 
 def _mask(shape, density, seed):
@@ -206,7 +206,7 @@ def trained_trainer(model_name, data_path, tmp_path, **settings):
 
 
 def count_batch_by_batch(trainer, test_data):
-    from recbole_dsl.costs import parameter_masks
+    from recbole_dsl.costs.measure import parameter_masks
     from recbole_dsl.trainer import clear_cached_embeddings
 
     clear_cached_embeddings(trainer.model)
@@ -221,7 +221,7 @@ SEQUENTIAL = {"MAX_ITEM_LIST_LENGTH": 10, "hidden_size": 16, "inner_size": 32, "
 
 @pytest.mark.parametrize("model_name", ["BPR", "LightGCN", "NeuMF", "MultiVAE", "DMF", "SASRec"])
 def test_full_sort_counted_on_chunks_equals_the_count_batch_by_batch(tiny_data_path, tmp_path, model_name):
-    from recbole_dsl.costs import count_full_sort_in_chunks, count_inference
+    from recbole_dsl.costs.measure import count_full_sort_in_chunks, count_inference
 
     # eval_batch_size 800 scores two of the 400 items' users per batch: 50 batches.
     trainer, test_data = trained_trainer(model_name, tiny_data_path, tmp_path, **(SEQUENTIAL if model_name == "SASRec" else {"eval_batch_size": 800}))
@@ -232,7 +232,7 @@ def test_full_sort_counted_on_chunks_equals_the_count_batch_by_batch(tiny_data_p
 
 
 def test_work_per_batch_that_does_not_grow_with_its_users_is_counted_batch_by_batch(tiny_data_path, tmp_path, monkeypatch):
-    from recbole_dsl.costs import count_full_sort_in_chunks, count_inference
+    from recbole_dsl.costs.measure import count_full_sort_in_chunks, count_inference
 
     trainer, test_data = trained_trainer("BPR", tiny_data_path, tmp_path, eval_batch_size=800)
     model = trainer.model

@@ -19,9 +19,9 @@ import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.data.dataset import Dataset
 
-from recbole_dsl.prepare import prepare
+from recbole_dsl.tools.prepare import prepare
 from recbole_dsl.quick_start import load_config, load_dataset, run_recbole_dsl
-from recbole_dsl.utils import DSLDatasetError
+from recbole_dsl.errors import DSLDatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RECBOLE_DSL_SHARED_DATA", ROOT.parent / "shared" / "data"))

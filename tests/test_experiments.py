@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_dsl.analysis import group_density, main as analysis_main, popularity_groups
+from recbole_dsl.tools.analysis import group_density, main as analysis_main, popularity_groups
 from recbole_dsl.quick_start import run_recbole_dsl
 
 ROOT = Path(__file__).resolve().parents[1]

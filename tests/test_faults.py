@@ -15,7 +15,7 @@ from recbole_dsl import trainer as trainer_module
 from recbole_dsl.config import check_known_keys, known_keys
 from recbole_dsl.quick_start import load_config, write_results
 from recbole_dsl.trainer import unique_checkpoint_name
-from recbole_dsl.utils import DSLConfigError
+from recbole_dsl.errors import DSLConfigError
 
 FAST = ["--epochs=1", "--show_progress=False", "--state=ERROR", "--eval_step=1"]
 

@@ -11,7 +11,7 @@ from torch import nn
 from recbole_dsl.quick_start import load_config
 from recbole_dsl.sparse import CosineUpdateSchedule, MaskManager, round_budget
 from recbole_dsl.trainer import create_trainer
-from recbole_dsl.utils import DSLCheckpointError, DSLConfigError
+from recbole_dsl.errors import DSLCheckpointError, DSLConfigError
 
 SPARSITY = 0.8
 

@@ -5,8 +5,8 @@ import gzip
 import pytest
 import yaml
 
-from recbole_dsl.prepare import main, prepare, validation_count
-from recbole_dsl.utils import DSLConfigError, DSLDatasetError
+from recbole_dsl.tools.prepare import main, prepare, validation_count
+from recbole_dsl.errors import DSLConfigError, DSLDatasetError
 
 RATINGS = ["1::1193::5::978300760", "1::661::3::978302109", "2::1193::4::978298413", "3::3408::4::978300275"]
 

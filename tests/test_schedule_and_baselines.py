@@ -73,7 +73,7 @@ def test_t_end_is_update_end_of_the_epochs_when_sooner(tiny_data_path, tmp_path)
 
 @pytest.mark.parametrize("value", [0, -3, 2.5, "ten", True])
 def test_update_epochs_is_checked(tiny_data_path, value):
-    from recbole_dsl.utils import DSLConfigError
+    from recbole_dsl.errors import DSLConfigError
 
     with pytest.raises(DSLConfigError, match=r"invalid update_epochs=.*: expected an integer >= 1"):
         load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, "update_epochs": value})
@@ -149,14 +149,14 @@ def test_every_method_is_a_valid_dsl_method(tiny_data_path):
 @pytest.mark.parametrize("key", ["regrown_keep_values", "fused_optimizer"])
 @pytest.mark.parametrize("value", [1, "yes", 0.5])
 def test_switches_are_checked(tiny_data_path, key, value):
-    from recbole_dsl.utils import DSLConfigError
+    from recbole_dsl.errors import DSLConfigError
 
     with pytest.raises(DSLConfigError, match=rf"invalid {key}=.*: expected True or False"):
         load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, key: value})
 
 
 def test_growth_gradient_is_checked(tiny_data_path):
-    from recbole_dsl.utils import DSLConfigError
+    from recbole_dsl.errors import DSLConfigError
 
     with pytest.raises(DSLConfigError, match=r"invalid growth_gradient='epoch': expected batch or interval \(or ~ for the method's own\)"):
         load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, "growth_gradient": "epoch"})

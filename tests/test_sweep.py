@@ -16,7 +16,7 @@ import yaml
 
 import run_recbole_dsl
 from recbole_dsl.quick_start import load_config
-from recbole_dsl.tuning import check_sweep, collect_settings, load_sweep_file
+from recbole_dsl.tools.sweep import check_sweep, collect_settings, load_sweep_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

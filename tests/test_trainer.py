@@ -11,7 +11,7 @@ from recbole.utils import get_model, init_seed
 
 from recbole_dsl.quick_start import load_config
 from recbole_dsl.trainer import create_trainer
-from recbole_dsl.utils import DSLCheckpointError
+from recbole_dsl.errors import DSLCheckpointError
 
 
 def build(model_name, tmp_path, **overrides):

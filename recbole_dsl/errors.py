@@ -1,10 +1,6 @@
-"""Errors that the command line reports as one line, and small helpers."""
+"""Errors that the command line reports as one line, without a traceback."""
 
 from __future__ import annotations
-
-from pathlib import Path
-
-PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
 
 
 class DSLError(Exception):

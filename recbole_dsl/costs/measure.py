@@ -16,8 +16,8 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import KGDataLoaderState
 from torch import nn
 
-from recbole_dsl.sparse.compact import encode
-from recbole_dsl.sparse.macs import MacCount, MacCounter
+from recbole_dsl.costs.compact import encode
+from recbole_dsl.costs.macs import MacCount, MacCounter
 from recbole_dsl.trainer import DSLTrainerMixin, clear_cached_embeddings
 
 
