@@ -18,12 +18,13 @@ import csv
 import json
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from results_files import record_command  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["LightGCN", "BPR", "NeuMF", "MultiVAE", "SASRec"]
@@ -131,18 +132,6 @@ def main() -> int:
             run_one(model, sparsity, args)
         write_outputs(table_rows(collect(args.work_dir)), args.dataset, commands)
     return 0
-
-
-def record_command(script: str, work_dir: str) -> List[str]:
-    """Add this invocation of ``benchmarks/<script>`` to ``<work_dir>/commands.txt``; returns
-    every command that made the runs kept there, for the table to list."""
-    command = f"python benchmarks/{script} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    commands_file = Path(work_dir) / "commands.txt"
-    commands = commands_file.read_text(encoding="utf-8").splitlines() if commands_file.exists() else []
-    if command.strip() not in commands:
-        commands.append(command.strip())
-        commands_file.write_text("\n".join(commands) + "\n", encoding="utf-8")
-    return commands
 
 
 def collect(work_dir: str) -> Dict[str, Dict[float, Dict]]:

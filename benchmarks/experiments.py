@@ -31,7 +31,6 @@ import fcntl
 import json
 import math
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
+from results_files import read_rows, slug  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES_DIR = ROOT / "benchmarks" / "profiles"
@@ -202,11 +202,6 @@ class Run:
         return settings
 
 
-def slug(text: str) -> str:
-    """``text`` as a file name (no brackets, commas or spaces)."""
-    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")
-
-
 def cell(value: Any) -> str:
     """A value as the CSV stores it, so keys read back compare equal."""
     if isinstance(value, float):
@@ -291,13 +286,6 @@ def execute(run: Run, args: argparse.Namespace) -> Tuple[Dict[str, Any], Optiona
 
 
 # ------------------------------------------------------------------------------ CSV files
-def read_rows(path: Path) -> List[Dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock beside ``path`` (``<path>.lock``), so that experiments for

@@ -5,10 +5,8 @@ is written by hand and kept when the page is regenerated."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -19,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from results_files import read_rows, slug  # noqa: E402  beside this script
 
 METRIC = "ndcg@10"
 SPARSE_METHODS = ("dense_small", "rp", "mp", "set", "dsl", "dsl_prefix", "dsl_mixed", "dsl_erk")  # every method compared at a budget
@@ -66,11 +65,9 @@ def recorded_commands(results_dir: Path) -> Dict[str, List[str]]:
     return {experiment: found or COMMANDS[experiment] for experiment, found in commands.items()}
 
 
-def read_rows(path: Path) -> List[Dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [row for row in csv.DictReader(f) if not row.get("error")]
+def measured_rows(path: Path) -> List[Dict[str, str]]:
+    """The rows of runs that finished (failed runs are recorded with their error)."""
+    return [row for row in read_rows(path) if not row.get("error")]
 
 
 def value(row: Dict[str, str], column: str) -> Optional[float]:
@@ -87,10 +84,6 @@ def mean(values: Sequence[float]) -> Optional[float]:
 
 def nan_if_none(number: Optional[float]) -> float:
     return math.nan if number is None else number
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
 
 
 def fmt(number: Optional[float], digits: int = 4) -> str:
@@ -507,7 +500,7 @@ def write_report(results_dir: Path, figures_dir: Path, report: Path) -> List[Pat
     )
     commands = recorded_commands(results_dir)
     for section, experiment in sections:
-        lines += section(read_rows(results_dir / f"{experiment}.csv"), figures_dir, written, commands[experiment])
+        lines += section(measured_rows(results_dir / f"{experiment}.csv"), figures_dir, written, commands[experiment])
     text = "\n".join(lines).rstrip() + "\n"
     if discussion:
         text += "\n" + discussion

@@ -18,7 +18,7 @@ from recbole.config import Config
 from recbole.utils import ModelType
 
 from recbole_dsl.errors import DSLConfigError
-from recbole_dsl.methods import METHODS
+from recbole_dsl.methods import METHODS, get_method
 from recbole_dsl.sparse import DISTRIBUTIONS, GROWTH_GRADIENTS
 
 PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
@@ -155,10 +155,10 @@ class DSLConfig(Config):
                 # The DSL properties get their own, more precise, checks below.
                 check_value_types({k: v for k, v in (settings or {}).items() if k not in self.parameters["DSL"]}, source)
         validate_dsl_config(self)
-        if self["dsl_method"] == "dense" and self["sparsity"] != 0:
+        if get_method(self["dsl_method"]).full_dense and self["sparsity"] != 0:
             if "sparsity" in self.external_config_dict:
                 raise DSLConfigError(
-                    f"invalid sparsity={self['sparsity']!r} with dsl_method=dense: a dense model has sparsity 0; "
+                    f"invalid sparsity={self['sparsity']!r} with dsl_method={self['dsl_method']}: a dense model has sparsity 0; "
                     "drop sparsity or choose another dsl_method"
                 )
             self.final_config_dict["sparsity"] = 0.0
@@ -242,7 +242,7 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
         fail("update_epochs", "an integer >= 1, or ~ (None) for update_end alone")
     if not _is_number(config["prune_epoch_fraction"]) or not 0.0 < config["prune_epoch_fraction"] < 1.0:
         fail("prune_epoch_fraction", "a number in (0, 1)")
-    if config["dsl_method"] == "mp":
+    if get_method(config["dsl_method"]).dense_start:
         _check_validation_after_pruning(config)
     if config["sparsity_distribution"] is not None and config["sparsity_distribution"] not in DISTRIBUTIONS:
         fail("sparsity_distribution", " or ".join(DISTRIBUTIONS) + " (or ~ for the method's own)")
@@ -303,6 +303,6 @@ def _check_validation_after_pruning(config: Dict[str, Any]) -> None:
     last_validation = epochs // min(eval_step, epochs) * min(eval_step, epochs)
     if last_validation < prune_epoch:
         raise DSLConfigError(
-            f"dsl_method=mp prunes after epoch {prune_epoch} of {epochs} but validates last after epoch "
+            f"dsl_method={config['dsl_method']} prunes after epoch {prune_epoch} of {epochs} but validates last after epoch "
             f"{last_validation} (eval_step={eval_step}): lower prune_epoch_fraction or eval_step"
         )

@@ -27,6 +27,11 @@ class Method:
     growth_gradient: str = "batch"  # growth ranks the current batch's gradient, or the interval's sum
     distribution: str = "uniform"  # the budget per tensor: the same density everywhere, or ERK
 
+    @property
+    def full_dense(self) -> bool:
+        """Every weight of the model at its configured size trains: its sparsity is 0."""
+        return not self.sparse and not self.scales_model
+
 
 METHODS: Dict[str, Method] = {
     method.name: method

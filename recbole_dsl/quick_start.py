@@ -414,10 +414,10 @@ def _run(config: DSLConfig, saved: bool, callback_fn: Optional[Callable[[int, fl
     }
     if dsl_applied:
         result["sparsified"] = trainer.sparsity_summary()
-        result["final_density"] = trainer.sparsity.overall_density()
+        result["final_density"] = trainer.mask_manager.overall_density()
         if saved and is_main_process():
             result["compact_file"] = compact_file_name(trainer.saved_model_file)
-            save_compact(result["compact_file"], trainer.model.state_dict(), trainer.sparsity.masks)
+            save_compact(result["compact_file"], trainer.model.state_dict(), trainer.mask_manager.masks)
         result["costs"] = {**measure_costs(trainer, train_data, test_data), "test_seconds": test_seconds}
     if not is_main_process():
         return result

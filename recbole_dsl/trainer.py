@@ -97,6 +97,24 @@ def check_masks_agree(masks: Dict[str, torch.Tensor]) -> None:
         raise RuntimeError(f"the masks of {', '.join(differing)} differ between processes")
 
 
+def read_checkpoint(checkpoint_file: str, map_location: "str | torch.device" = "cpu") -> dict:
+    """A checkpoint written by :class:`DSLTrainerMixin` (weights-only: plain tensors and
+    numbers); :class:`DSLCheckpointError` for a missing, unreadable or foreign file."""
+    try:
+        checkpoint = torch.load(checkpoint_file, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise DSLCheckpointError(f"checkpoint {checkpoint_file} does not exist") from None
+    except Exception as e:
+        raise DSLCheckpointError(
+            f"cannot read checkpoint {checkpoint_file}: corrupt, truncated or not written by recbole-dsl "
+            f"({type(e).__name__})"
+        ) from None
+    required = ("config", "epoch", "state_dict", "optimizers", "sparsity")
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in required):
+        raise DSLCheckpointError(f"{checkpoint_file} is not a recbole-dsl checkpoint")
+    return checkpoint
+
+
 _claimed_names: set = set()
 
 
@@ -124,7 +142,7 @@ class DSLTrainerMixin:
     cannot stop while masks are still exchanged at a high ratio.
     """
 
-    sparsity: MaskManager
+    mask_manager: MaskManager
     dense_iterations: int
 
     def __init__(self, config, model):
@@ -148,8 +166,7 @@ class DSLTrainerMixin:
         optimizer = super()._build_optimizer(**kwargs)
         if self.config["fused_optimizer"]:
             optimizer = fused_optimizer(optimizer)
-        if not hasattr(self, "sparsity"):
-            self._optimizers = []
+        if not hasattr(self, "mask_manager"):
             self._last_valid_result = None
             self.epoch_seconds: List[float] = []
             self.valid_scores: List[List[float]] = []
@@ -157,12 +174,11 @@ class DSLTrainerMixin:
             self.gradient_growth_updates = 0
             self.dense_iterations = 0
             self._pruned = False
-            self.sparsity = self._create_mask_manager()
-        self._optimizers.append(optimizer)
+            self.mask_manager = self._create_mask_manager()
         if self.config["clip_grad_norm"]:
             optimizer.register_step_pre_hook(self._clip_gradients)
         optimizer.register_step_post_hook(self._count_step)
-        self.sparsity.attach(optimizer)
+        self.mask_manager.attach(optimizer)
         return optimizer
 
     def _create_mask_manager(self) -> MaskManager:
@@ -217,18 +233,18 @@ class DSLTrainerMixin:
 
     def _log_selection(self, manager: MaskManager) -> None:
         config = self.config
-        method = self.method.name
-        if self.method.scales_model:
+        method = self.method
+        if method.scales_model:
             mode = f"dense model scaled to the budget of sparsity {config['sparsity']}: masks are all ones and never updated"
         elif manager.is_dense:
             mode = "dense (sparsity 0): masks are all ones and never updated"
-        elif method == "rp":
-            mode = "static random mask, never updated"
-        elif method == "mp":
+        elif method.dense_start:
             mode = (
                 f"dense for {mp_prune_epoch(self.epochs, config['prune_epoch_fraction'])} of {self.epochs} epochs, "
                 "then magnitude pruning to the budget and fine-tuning with the mask fixed"
             )
+        elif not method.explores:
+            mode = "static random mask, never updated"
         else:
             gradient = f" ({manager.growth_gradient} gradient)" if manager.growth == "gradient" else ""
             mode = (
@@ -242,7 +258,7 @@ class DSLTrainerMixin:
         budget = "one budget shared by all tensors" if config["shared_budget"] else "a budget per tensor"
         lines = [
             set_color("DSL", "pink")
-            + f": method {method}, sparsity {config['sparsity']} over {len(manager.names)} tensors of "
+            + f": method {method.name}, sparsity {config['sparsity']} over {len(manager.names)} tensors of "
             f"{config['model']}, {sparsity_distribution(self.config)} distribution, {budget}; {mode}"
         ]
         width = max(len(name) for name in manager.names)
@@ -260,18 +276,18 @@ class DSLTrainerMixin:
     def _clip_gradients(self, optimizer, args, kwargs) -> None:
         """``clip_grad_norm`` over the sparse model: the norm of the active entries, before
         the masks' own hook (registered after this one) ranks or accumulates gradients."""
-        self.sparsity.clip_grad_norm_(self.model.parameters(), **self.config["clip_grad_norm"])
+        self.mask_manager.clip_grad_norm_(self.model.parameters(), **self.config["clip_grad_norm"])
 
     def _count_step(self, optimizer, args, kwargs) -> None:
         # Counted for every method, dense included, for the training cost figures.
         self.optimizer_steps += 1
 
     def _on_mask_update(self, update: MaskUpdate) -> None:
-        if self.sparsity.growth == "gradient":
+        if self.mask_manager.growth == "gradient":
             self.gradient_growth_updates += 1
         clear_cached_embeddings(self.model)
         if torch.distributed.is_initialized():
-            check_masks_agree(self.sparsity.masks)
+            check_masks_agree(self.mask_manager.masks)
         self.logger.info(
             set_color("DSL mask update", "pink")
             + f" [iteration {update.iteration}, rho_t {update.update_ratio:.4f}, "
@@ -290,12 +306,12 @@ class DSLTrainerMixin:
         return end
 
     def _exploring(self) -> bool:
-        schedule = self.sparsity.schedule
+        schedule = self.mask_manager.schedule
         return (
             schedule.update_interval > 0
-            and not self.sparsity.is_dense
+            and not self.mask_manager.is_dense
             and schedule.end_iteration is not None
-            and self.sparsity.iteration < schedule.end_iteration
+            and self.mask_manager.iteration < schedule.end_iteration
         )
 
     def _total_epochs(self) -> int:
@@ -308,7 +324,7 @@ class DSLTrainerMixin:
         # T_end counts optimizer iterations: estimated from the batches per epoch (times
         # RecVAE's encoder and decoder passes), then measured after the first epoch, for
         # trainers that step a different number of times per epoch.
-        schedule = self.sparsity.schedule
+        schedule = self.mask_manager.schedule
         end_epochs = self._update_end_epochs()
         if schedule.end_iteration is None:
             passes = getattr(self, "n_enc_epochs", 0) + getattr(self, "n_dec_epochs", 0) or 1
@@ -318,13 +334,13 @@ class DSLTrainerMixin:
         if loader_state is not None and hasattr(train_data, "generator"):
             train_data.generator.set_state(loader_state)
             self._pending_loader_state = None
-        start = self.sparsity.iteration
+        start = self.mask_manager.iteration
         started_at = time.perf_counter()
         # Mask updates are logged inside the epoch: through tqdm's writer, above the progress bar.
         with logging_redirect_tqdm() if show_progress else contextlib.nullcontext():
             loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         self.epoch_seconds.append(time.perf_counter() - started_at)
-        steps = self.sparsity.iteration - start
+        steps = self.mask_manager.iteration - start
         if steps and not getattr(self, "_end_iteration_measured", False):
             schedule.end_iteration = max(1, math.ceil(end_epochs * steps))
             self._end_iteration_measured = True
@@ -333,14 +349,14 @@ class DSLTrainerMixin:
         return loss
 
     def _in_dense_phase(self) -> bool:
-        return self.method.dense_start and not self._pruned and not self.sparsity.is_dense
+        return self.method.dense_start and not self._pruned and not self.mask_manager.is_dense
 
     def _prune_dense_model(self, epoch_idx: int) -> None:
         """MP's one-shot pruning. Validation restarts from scratch here, so RecBole's early
         stopping and best checkpoint only ever compare models at the sparse budget."""
-        pruned = self.sparsity.prune_by_magnitude()
+        pruned = self.mask_manager.prune_by_magnitude()
         self._pruned = True
-        self.dense_iterations = self.sparsity.iteration
+        self.dense_iterations = self.mask_manager.iteration
         clear_cached_embeddings(self.model)
         self.best_valid_score = -math.inf if self.valid_metric_bigger else math.inf
         self.best_valid_result = None
@@ -348,7 +364,7 @@ class DSLTrainerMixin:
         self.logger.info(
             set_color("DSL magnitude pruning", "pink")
             + f" [epoch {epoch_idx}, after {self.dense_iterations:,d} dense iterations, pruned {pruned:,d}, "
-            f"density {self.sparsity.overall_density():.4f}]: fine-tuning with the mask fixed"
+            f"density {self.mask_manager.overall_density():.4f}]: fine-tuning with the mask fixed"
         )
 
     def _valid_epoch(self, valid_data, show_progress=False):
@@ -384,8 +400,8 @@ class DSLTrainerMixin:
             "best_valid_score": float(self.best_valid_score),
             "best_valid_result": {k: float(v) for k, v in (self._last_valid_result or {}).items()},
             "state_dict": self.model.state_dict(),
-            "optimizers": [optimizer.state_dict() for optimizer in self._optimizers],
-            "sparsity": self.sparsity.state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in self.mask_manager.optimizers],
+            "sparsity": self.mask_manager.state_dict(),
             "pruned": self._pruned,
             "dense_iterations": self.dense_iterations,
             # What the cost figures count over the whole run, resumed or not.
@@ -440,18 +456,7 @@ class DSLTrainerMixin:
     def _load_checkpoint(self, checkpoint_file: str, training_state: bool = True) -> dict:
         """Restore weights and masks, and with ``training_state`` the schedule and MP's
         phase; raise :class:`DSLCheckpointError` on a bad file."""
-        try:
-            checkpoint = torch.load(checkpoint_file, map_location=self.device, weights_only=True)
-        except FileNotFoundError:
-            raise DSLCheckpointError(f"checkpoint {checkpoint_file} does not exist") from None
-        except Exception as e:
-            raise DSLCheckpointError(
-                f"cannot read checkpoint {checkpoint_file}: corrupt, truncated or not written by recbole-dsl "
-                f"({type(e).__name__})"
-            ) from None
-        required = ("config", "epoch", "state_dict", "optimizers", "sparsity")
-        if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in required):
-            raise DSLCheckpointError(f"{checkpoint_file} is not a recbole-dsl checkpoint")
+        checkpoint = read_checkpoint(checkpoint_file, self.device)
         if checkpoint["config"].get("model") != self.config["model"]:
             raise DSLCheckpointError(
                 f"checkpoint {checkpoint_file} holds a {checkpoint['config'].get('model')} model, not {self.config['model']}"
@@ -466,7 +471,7 @@ class DSLTrainerMixin:
             )
         try:
             self.model.load_state_dict(checkpoint["state_dict"])
-            self.sparsity.load_state_dict(checkpoint["sparsity"], masks_only=not training_state)
+            self.mask_manager.load_state_dict(checkpoint["sparsity"], masks_only=not training_state)
         except (RuntimeError, KeyError, ValueError) as e:
             reason = str(e).strip().splitlines()[0]
             raise DSLCheckpointError(f"checkpoint {checkpoint_file} does not fit this model: {reason}") from None
@@ -489,9 +494,9 @@ class DSLTrainerMixin:
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
         self.best_valid_result = checkpoint["best_valid_result"] or None
-        if len(checkpoint["optimizers"]) != len(self._optimizers):
-            raise DSLCheckpointError(f"checkpoint {resume_file} holds {len(checkpoint['optimizers'])} optimizer states, expected {len(self._optimizers)}")
-        for optimizer, optimizer_state in zip(self._optimizers, checkpoint["optimizers"]):
+        if len(checkpoint["optimizers"]) != len(self.mask_manager.optimizers):
+            raise DSLCheckpointError(f"checkpoint {resume_file} holds {len(checkpoint['optimizers'])} optimizer states, expected {len(self.mask_manager.optimizers)}")
+        for optimizer, optimizer_state in zip(self.mask_manager.optimizers, checkpoint["optimizers"]):
             optimizer.load_state_dict(optimizer_state)
         self.optimizer_steps = int(checkpoint.get("optimizer_steps", 0))
         self.gradient_growth_updates = int(checkpoint.get("gradient_growth_updates", 0))
@@ -503,7 +508,7 @@ class DSLTrainerMixin:
         self._end_iteration_measured = True
         self.logger.info(
             f"Checkpoint loaded. Resume training from epoch {self.start_epoch} "
-            f"(DSL iteration {self.sparsity.iteration} of {self.sparsity.schedule.end_iteration})"
+            f"(DSL iteration {self.mask_manager.iteration} of {self.mask_manager.schedule.end_iteration})"
         )
 
     def _check_resume_settings(self, resume_file: str, saved: Dict) -> None:
@@ -537,17 +542,17 @@ class DSLTrainerMixin:
         """Process 0's weights, buffers and masks on every process."""
         for tensor in self.model.state_dict().values():
             torch.distributed.broadcast(tensor, src=0)
-        for name, mask in list(self.sparsity.masks.items()):
+        for name, mask in self.mask_manager.masks.items():
             received = mask.to(torch.uint8)
             torch.distributed.broadcast(received, src=0)
-            self.sparsity.masks[name] = received.bool()
+            self.mask_manager.set_mask(name, received)
         clear_cached_embeddings(self.model)
 
     # ---------------------------------------------------------------- reporting
     def sparsity_summary(self) -> Dict[str, Dict[str, int]]:
         """Per sparsified tensor: its size and its number of active (non-zero) entries."""
-        numel, nnz = self.sparsity.numel(), self.sparsity.nnz()
-        return {name: {"numel": numel[name], "nnz": nnz[name]} for name in self.sparsity.names}
+        numel, nnz = self.mask_manager.numel(), self.mask_manager.nnz()
+        return {name: {"numel": numel[name], "nnz": nnz[name]} for name in self.mask_manager.names}
 
 
 @functools.lru_cache(maxsize=None)

@@ -42,26 +42,26 @@ def train_one_process(local_rank, data_path, work_dir, port, method):
     init_seed(config["seed"] + local_rank, config["reproducibility"])
     trainer = create_trainer(config, get_model("BPR")(config, train_data._dataset))
     seen = []
-    notify = trainer.sparsity.on_update
+    notify = trainer.mask_manager.on_update
 
     def gather_masks(update):
         notify(update)
-        masks = {name: mask.clone() for name, mask in trainer.sparsity.masks.items()}
+        masks = {name: mask.clone() for name, mask in trainer.mask_manager.masks.items()}
         everyone = [None, None]
         dist.all_gather_object(everyone, masks)
         seen.append({
             "iteration": update.iteration,
             "equal": all(torch.equal(everyone[0][n], everyone[1][n]) for n in masks),
             "budgets": {n: int(m.sum()) == round_budget(0.2, m.numel()) for n, m in masks.items()},
-            "zeros": {n: bool(torch.all(trainer.sparsity.param(n)[~m] == 0)) for n, m in masks.items()},
+            "zeros": {n: bool(torch.all(trainer.mask_manager.param(n)[~m] == 0)) for n, m in masks.items()},
         })
 
-    trainer.sparsity.on_update = gather_masks
+    trainer.mask_manager.on_update = gather_masks
     trainer.fit(train_data, valid_data, saved=True)
     test_result = trainer.evaluate(test_data, load_best_model=True)
-    weights = {name: trainer.sparsity.param(name).detach().clone() for name in trainer.sparsity.names}
+    weights = {name: trainer.mask_manager.param(name).detach().clone() for name in trainer.mask_manager.names}
     torch.save(
-        {"seen": seen, "test": dict(test_result), "weights": weights, "masks": trainer.sparsity.masks,
+        {"seen": seen, "test": dict(test_result), "weights": weights, "masks": trainer.mask_manager.masks,
          "checkpoint": trainer.saved_model_file, "steps": trainer.optimizer_steps},
         os.path.join(work_dir, f"rank{local_rank}.pt"),
     )

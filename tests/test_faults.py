@@ -297,7 +297,7 @@ def test_testing_the_best_model_keeps_the_training_state(tiny_data_path, tmp_pat
         tiny_data_path, tmp_path, epochs=4, update_interval=3, update_epochs=4, state="ERROR",
     )
     trainer.fit(train_data, valid_data, saved=True)
-    manager = trainer.sparsity
+    manager = trainer.mask_manager
     iteration, generator, pending = manager.iteration, manager._generator.get_state(), dict(manager._pending_ratio)
     best = torch.load(trainer.saved_model_file, weights_only=True)
     assert best["sparsity"]["iteration"] != iteration  # the best epoch is not the last one here
@@ -322,7 +322,7 @@ def test_a_tensor_without_budget_is_warned_about(tiny_data_path, tmp_path, caplo
 
     with caplog.at_level(logging.WARNING):
         trainer, *_ = build_trainer(tiny_data_path, tmp_path, model="NeuMF", sparsity=0.997, dsl_method="dsl", state="WARNING")
-    assert trainer.sparsity.budgets["predict_layer.weight"] == 0
+    assert trainer.mask_manager.budgets["predict_layer.weight"] == 0
     assert "predict_layer.weight (128 weights) keeps no non-zero at sparsity 0.997" in caplog.text
     assert "user_mf_embedding.weight" not in caplog.text
 

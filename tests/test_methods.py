@@ -33,11 +33,11 @@ def build(tiny_data_path, tmp_path, **overrides):
 
 
 def masks(trainer):
-    return {name: mask.clone() for name, mask in trainer.sparsity.masks.items()}
+    return {name: mask.clone() for name, mask in trainer.mask_manager.masks.items()}
 
 
 def assert_exact_budget(trainer, density):
-    for name, mask in trainer.sparsity.masks.items():
+    for name, mask in trainer.mask_manager.masks.items():
         assert int(mask.sum()) == round_budget(density, mask.numel()), name
         assert torch.all(trainer.model.get_parameter(name)[~mask] == 0), name
 
@@ -99,8 +99,8 @@ def test_method_settings_are_checked(tiny_data_path):
 def test_dense_trains_every_weight(tiny_data_path, tmp_path):
     trainer, train_data, valid_data = build(tiny_data_path, tmp_path, dsl_method="dense", epochs=2)
     trainer.fit(train_data, valid_data, saved=False)
-    assert trainer.sparsity.is_dense and trainer.sparsity.overall_density() == 1.0
-    for name in trainer.sparsity.names:
+    assert trainer.mask_manager.is_dense and trainer.mask_manager.overall_density() == 1.0
+    for name in trainer.mask_manager.names:
         assert torch.all(trainer.model.get_parameter(name) != 0), name
     assert trainer.dense_iterations == 0
 
@@ -113,8 +113,8 @@ def test_rp_set_and_dsl_keep_the_budget_and_differ_only_in_exploration(tiny_data
         initial = masks(trainer)
         trainer.fit(train_data, valid_data, saved=False)
         assert_exact_budget(trainer, 1 - SPARSITY)
-        assert trainer.sparsity.iteration == 2 * len(train_data) and trainer.dense_iterations == 0
-        trained[method] = (initial, masks(trainer), trainer.sparsity.growth)
+        assert trainer.mask_manager.iteration == 2 * len(train_data) and trainer.dense_iterations == 0
+        trained[method] = (initial, masks(trainer), trainer.mask_manager.growth)
 
     names = list(trained["dsl"][0])
     for name in names:  # the same seed draws the same initial mask for every method
@@ -134,7 +134,7 @@ def test_mp_trains_dense_then_prunes_once_and_keeps_the_mask(tiny_data_path, tmp
     seen = []
 
     def record(epoch_idx, valid_score):
-        nonzero = {n: int((trainer.model.get_parameter(n) != 0).sum()) for n in trainer.sparsity.names}
+        nonzero = {n: int((trainer.model.get_parameter(n) != 0).sum()) for n in trainer.mask_manager.names}
         seen.append((epoch_idx, masks(trainer), nonzero, trainer.dense_iterations))
 
     trainer.fit(train_data, valid_data, saved=True, callback_fn=record)
@@ -191,7 +191,7 @@ def test_mp_resumes_in_either_phase(tiny_data_path, tmp_path):
 
     second, train_data, _ = build(tiny_data_path, tmp_path, **settings)
     second.resume_checkpoint(dense_checkpoint)
-    assert all(mask.all() for mask in second.sparsity.masks.values()) and second.dense_iterations == 0
+    assert all(mask.all() for mask in second.mask_manager.masks.values()) and second.dense_iterations == 0
     second._train_epoch(train_data, 1)  # the second dense epoch ends with the prune
     assert second.dense_iterations == 2 * len(train_data)
     assert_exact_budget(second, 1 - SPARSITY)
@@ -203,8 +203,8 @@ def test_mp_resumes_in_either_phase(tiny_data_path, tmp_path):
     assert third.dense_iterations == second.dense_iterations
     third._train_epoch(train_data, 2)  # fine-tuning: no second prune, the mask stays
     assert third.dense_iterations == second.dense_iterations
-    for name in third.sparsity.names:
-        assert torch.equal(third.sparsity.masks[name], second.sparsity.masks[name])
+    for name in third.mask_manager.names:
+        assert torch.equal(third.mask_manager.masks[name], second.mask_manager.masks[name])
     assert_exact_budget(third, 1 - SPARSITY)
 
 

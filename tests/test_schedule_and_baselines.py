@@ -45,10 +45,10 @@ def test_early_stopping_counts_only_after_mask_exploration_ends(tiny_data_path, 
     )
     trainer = create_trainer(config, get_model("BPR")(config, train_data._dataset))
     updates = []
-    trainer.sparsity.on_update = updates.append
+    trainer.mask_manager.on_update = updates.append
     trainer.fit(train_data, valid_data, saved=False)
     steps = len(train_data)
-    assert trainer.sparsity.schedule.end_iteration == 4 * steps  # T_end: update_epochs of iterations
+    assert trainer.mask_manager.schedule.end_iteration == 4 * steps  # T_end: update_epochs of iterations
     assert updates and max(u.iteration for u in updates) <= 4 * steps
     # 4 epochs of exploration, then RecBole's rule: stop after stopping_step + 1 validations
     # without improvement, the first of them the one that follows the end of exploration.
@@ -68,7 +68,7 @@ def test_t_end_is_update_end_of_the_epochs_when_sooner(tiny_data_path, tmp_path)
     config, train_data, _ = build(tiny_data_path, tmp_path, epochs=10, update_end=0.2, update_epochs=30)
     trainer = create_trainer(config, get_model("BPR")(config, train_data._dataset))
     trainer._train_epoch(train_data, 0)
-    assert trainer.sparsity.schedule.end_iteration == 2 * len(train_data)
+    assert trainer.mask_manager.schedule.end_iteration == 2 * len(train_data)
 
 
 @pytest.mark.parametrize("value", [0, -3, 2.5, "ten", True])
@@ -129,12 +129,12 @@ def test_dsl_prefix_keeps_embedding_rows_prefixes_in_a_run(tiny_data_path, tmp_p
     config, train_data, valid_data = build(tiny_data_path, tmp_path, dsl_method="dsl_prefix", sparsity=0.8, epochs=3,
                                            update_interval=2)
     trainer = create_trainer(config, get_model("BPR")(config, train_data._dataset))
-    initial = {n: prefix_lengths(m).clone() for n, m in trainer.sparsity.masks.items()}
+    initial = {n: prefix_lengths(m).clone() for n, m in trainer.mask_manager.masks.items()}
     assert all(int(lengths.max() - lengths.min()) <= 1 for lengths in initial.values())  # the dense_small layout
     trainer.fit(train_data, valid_data, saved=False)
-    for name, mask in trainer.sparsity.masks.items():
+    for name, mask in trainer.mask_manager.masks.items():
         weight = trainer.model.get_parameter(name)
-        assert trainer.sparsity.structures[name] == "prefix"
+        assert trainer.mask_manager.structures[name] == "prefix"
         assert torch.equal(mask, prefix_mask(prefix_lengths(mask), mask.shape[1]))
         assert int(mask.sum()) == round_budget(0.2, mask.numel()) and torch.all(weight[~mask] == 0)
         assert not torch.equal(prefix_lengths(mask), initial[name])  # lengths moved between rows
@@ -170,8 +170,8 @@ def test_growth_gradient_is_the_methods_unless_set(tiny_data_path, tmp_path, met
     overrides = {"growth_gradient": setting} if setting else {}
     config, train_data, _ = build(tiny_data_path, tmp_path, dsl_method=method, sparsity=0.8, **overrides)
     trainer = create_trainer(config, get_model("BPR")(config, train_data._dataset))
-    assert trainer.sparsity.growth_gradient == expected
-    assert set(trainer.sparsity.structures.values()) == {"unstructured" if method == "dsl" else "prefix"}
+    assert trainer.mask_manager.growth_gradient == expected
+    assert set(trainer.mask_manager.structures.values()) == {"unstructured" if method == "dsl" else "prefix"}
 
 
 def test_scaled_sizes_keep_their_multiples():
@@ -191,7 +191,7 @@ def test_sparsity_distribution_is_the_methods_unless_set(tiny_data_path, tmp_pat
     overrides = {"sparsity_distribution": setting} if setting else {}
     config, train_data, _ = build(tiny_data_path, tmp_path, model="NeuMF", dsl_method=method, sparsity=0.9, **overrides)
     trainer = create_trainer(config, get_model("NeuMF")(config, train_data._dataset))
-    manager = trainer.sparsity
+    manager = trainer.mask_manager
     numel, budgets = manager.numel(), manager.budgets
     total = sum(numel.values())
     assert sum(budgets.values()) == pytest.approx(0.1 * total, abs=len(numel))

@@ -87,7 +87,7 @@ def hand_built():
     model = nn.Module()
     model.w = nn.Parameter(torch.zeros(2, 4))
     manager = MaskManager(model, ["w"], 0.5, schedule())
-    manager.masks["w"] = torch.tensor([[True, True, False, False], [True, True, False, False]])
+    manager.set_mask("w", torch.tensor([[True, True, False, False], [True, True, False, False]]))
     with torch.no_grad():
         model.w.copy_(torch.tensor([[0.9, -0.1, 0, 0], [0.5, 0.3, 0, 0]]))
     model.w.grad = torch.tensor([[0.0, 0.0, 0.2, -0.7], [0.0, 0.0, 0.05, 0.1]])
@@ -321,7 +321,7 @@ def test_interval_growth_ranks_the_gradient_summed_since_the_last_update(growth_
     model.w = nn.Parameter(torch.zeros(1, 4))
     manager = MaskManager(model, ["w"], 0.5, schedule(update_interval=2, init_update_ratio=0.5, end_iteration=4),
                           growth_gradient=growth_gradient)
-    manager.masks["w"] = torch.tensor([[True, True, False, False]])
+    manager.set_mask("w", torch.tensor([[True, True, False, False]]))
     with torch.no_grad():
         model.w.copy_(torch.tensor([[0.9, 0.1, 0.0, 0.0]]))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -350,8 +350,8 @@ def test_shared_budget_across_optimizers_ranks_each_tensors_own_last_gradient(mo
     manager.attach(first)
     manager.attach(second)
     ranked = []
-    grow_scores = masking.grow_scores
-    monkeypatch.setattr(masking, "grow_scores", lambda score, mask, structure: ranked.append(score.clone()) or grow_scores(score, mask, structure))
+    grow = masking.grow
+    monkeypatch.setattr(masking, "grow", lambda scores, *args: ranked.append(scores.clone()) or grow(scores, *args))
     item_gradient_at_its_step = None
     for step in range(2):
         users, items = torch.randint(0, 50, (64,)), torch.randint(0, 70, (64,))

@@ -37,16 +37,16 @@ def test_resume_keeps_masks_optimizer_and_schedule(tmp_path, caplog):
     first._train_epoch(train_data, 0)
     first._train_epoch(train_data, 1)
     first._save_checkpoint(1)
-    assert first.sparsity.iteration == 80 and first.sparsity.schedule.end_iteration == 160
+    assert first.mask_manager.iteration == 80 and first.mask_manager.schedule.end_iteration == 160
 
     second, train_data, _, _ = build("BPR", tmp_path, **settings)
     second.resume_checkpoint(first.saved_model_file)
-    assert second.start_epoch == 2 and second.sparsity.iteration == 80
+    assert second.start_epoch == 2 and second.mask_manager.iteration == 80
     # The cost figures count the whole run: steps, growth updates and epochs before the resume.
     assert (second.optimizer_steps, second.gradient_growth_updates) == (80, 2)
     assert second.epoch_seconds == first.epoch_seconds and len(second.epoch_seconds) == 2
-    for name in first.sparsity.names:
-        assert torch.equal(second.sparsity.masks[name], first.sparsity.masks[name])
+    for name in first.mask_manager.names:
+        assert torch.equal(second.mask_manager.masks[name], first.mask_manager.masks[name])
         assert torch.equal(second.model.get_parameter(name), first.model.get_parameter(name))
     first_state = first.optimizer.state_dict()["state"]
     for key, value in second.optimizer.state_dict()["state"].items():
@@ -54,14 +54,14 @@ def test_resume_keeps_masks_optimizer_and_schedule(tmp_path, caplog):
 
     with caplog.at_level(logging.INFO):
         second.fit(train_data, None, saved=True)
-    assert second.sparsity.iteration == second.optimizer_steps == 160
+    assert second.mask_manager.iteration == second.optimizer_steps == 160
     assert second.gradient_growth_updates == 5 and len(second.epoch_seconds) == 4
     updates = updates_logged(caplog.text)
     assert [i for i, _ in updates] == [90, 120, 150]
     for iteration, ratio in updates:  # the schedule continues with T_end = 160 from the first run
         assert ratio == pytest.approx(0.4 * (1 + math.cos(math.pi * iteration / 160)) / 2, abs=1e-4)
-    for name in second.sparsity.names:
-        assert int(second.sparsity.masks[name].sum()) == second.sparsity.budgets[name]
+    for name in second.mask_manager.names:
+        assert int(second.mask_manager.masks[name].sum()) == second.mask_manager.budgets[name]
 
 
 @pytest.mark.slow
@@ -75,9 +75,9 @@ def test_best_model_reload_restores_masks_and_clears_caches(tmp_path):
 
     trainer.evaluate(valid_data, load_best_model=False)
     assert trainer.model.restore_user_e is not None  # LightGCN cached its propagation
-    trainer.sparsity.update_masks(0.5)  # masks change outside training
+    trainer.mask_manager.update_masks(0.5)  # masks change outside training
     assert trainer.model.restore_user_e is None and trainer.model.restore_item_e is None
-    assert not torch.equal(trainer.sparsity.masks["user_embedding.weight"], saved_masks["user_embedding.weight"])
+    assert not torch.equal(trainer.mask_manager.masks["user_embedding.weight"], saved_masks["user_embedding.weight"])
 
     trainer.evaluate(valid_data, load_best_model=False)  # caches the propagation of the changed masks
     result = trainer.evaluate(test_data, load_best_model=True)
@@ -86,7 +86,7 @@ def test_best_model_reload_restores_masks_and_clears_caches(tmp_path):
     assert fresh.evaluate(test_data, load_best_model=True, model_file=trainer.saved_model_file) == result
     assert result["ndcg@10"] > 0
     for name, mask in saved_masks.items():
-        assert torch.equal(trainer.sparsity.masks[name], mask)
+        assert torch.equal(trainer.mask_manager.masks[name], mask)
         assert torch.equal(trainer.model.get_parameter(name), checkpoint["state_dict"][name])
 
 
@@ -123,8 +123,8 @@ def test_clip_grad_norm_clips_the_norm_of_the_sparse_model(tmp_path, sparsity):
     assert trainer.optimizer_steps == 1
     moved = torch.cat([(p.detach() - q).flatten() for p, q in zip(trainer.model.parameters(), before)])
     assert float(moved.norm()) == pytest.approx(max_norm, rel=1e-2)  # clipping divides by the norm + 1e-6
-    for name in trainer.sparsity.names:
-        assert int((trainer.model.get_parameter(name) != 0).sum()) == trainer.sparsity.budgets[name]
+    for name in trainer.mask_manager.names:
+        assert int((trainer.model.get_parameter(name) != 0).sum()) == trainer.mask_manager.budgets[name]
 
 
 @pytest.mark.parametrize("learner, fused", [("adam", True), ("adamw", True), ("sgd", True), ("adagrad", True), ("rmsprop", None)])
@@ -134,7 +134,7 @@ def test_optimizers_run_torchs_fused_kernel_where_it_has_one(tmp_path, learner, 
     assert trainer.optimizer.param_groups[0]["weight_decay"] == 0.01
     trainer._train_epoch(train_data, 0)
     assert trainer.gradient_growth_updates > 0
-    for name in trainer.sparsity.names:
-        assert int((trainer.model.get_parameter(name) != 0).sum()) == trainer.sparsity.budgets[name]
+    for name in trainer.mask_manager.names:
+        assert int((trainer.model.get_parameter(name) != 0).sum()) == trainer.mask_manager.budgets[name]
     plain, _, _, _ = build("BPR", tmp_path, sparsity=0.9, learner=learner, fused_optimizer=False)
     assert not plain.optimizer.param_groups[0].get("fused")

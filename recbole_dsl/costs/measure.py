@@ -23,7 +23,7 @@ from recbole_dsl.trainer import DSLTrainerMixin, clear_cached_embeddings
 
 def parameter_masks(trainer: DSLTrainerMixin) -> Dict[nn.Parameter, torch.Tensor]:
     """Each sparsified parameter with its mask."""
-    return {trainer.sparsity.param(name): mask for name, mask in trainer.sparsity.masks.items()}
+    return {trainer.mask_manager.param(name): mask for name, mask in trainer.mask_manager.masks.items()}
 
 
 def count_inference(trainer: DSLTrainerMixin, eval_data) -> MacCount:
@@ -142,11 +142,11 @@ def train_state_bytes(trainer: DSLTrainerMixin) -> Dict[str, int]:
     the weights, their gradients (one of the weight's size is made every step), every
     optimizer's state for them, and what the masks add; ``_dense``: the same without the
     masks, as a dense run holds them."""
-    manager, held, dense = trainer.sparsity, 0, 0
+    manager, held, dense = trainer.mask_manager, 0, 0
     masks_held = manager.held_bytes()
     for name in manager.names:
         param = manager.param(name)
-        state = [value for optimizer in trainer._optimizers for value in optimizer.state.get(param, {}).values()]
+        state = [value for optimizer in trainer.mask_manager.optimizers for value in optimizer.state.get(param, {}).values()]
         tensors = [param, param.grad if param.grad is not None else param] + [v for v in state if torch.is_tensor(v)]
         size = sum(t.numel() * t.element_size() for t in tensors)
         dense += size
@@ -173,7 +173,7 @@ def measure_costs(trainer: DSLTrainerMixin, train_data, eval_data) -> Dict[str, 
         "inference_macs": inference.forward,
         "inference_macs_dense": inference.forward_dense,
         **training_macs(trainer, step),
-        **storage_bytes(trainer.model, trainer.sparsity.masks),
+        **storage_bytes(trainer.model, trainer.mask_manager.masks),
         **state_bytes,
         "optimizer_steps": trainer.optimizer_steps,
         "gradient_growth_updates": trainer.gradient_growth_updates,

@@ -1,15 +1,11 @@
-"""Dynamic sparse training core: masks, budgets, schedule, prune and grow (no RecBole)."""
+"""Dynamic sparse training core (no RecBole): which tensors and how many non-zeros
+(:mod:`.budgets`), the schedule (:mod:`.schedule`), prune and grow as functions
+(:mod:`.prune_grow`), how a sparse tensor is held (:mod:`.storage`), what optimizers need
+(:mod:`.optimizer_state`) and the manager that drives them from optimizer hooks
+(:mod:`.masking`)."""
 
-from recbole_dsl.sparse.masking import (
-    DISTRIBUTIONS,
-    GROWTH_GRADIENTS,
-    GROWTH_MODES,
-    MaskManager,
-    MaskUpdate,
-    layer_densities,
-    round_budget,
-    select_parameters,
-)
+from recbole_dsl.sparse.budgets import DISTRIBUTIONS, layer_densities, round_budget, select_parameters
+from recbole_dsl.sparse.masking import GROWTH_GRADIENTS, GROWTH_MODES, MaskManager, MaskUpdate
 from recbole_dsl.sparse.schedule import CosineUpdateSchedule
 
 __all__ = [

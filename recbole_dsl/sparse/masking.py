@@ -1,87 +1,30 @@
-"""Masks, exact budgets and prune/grow exploration for dynamic sparse training.
+"""The mask manager: exact budgets and prune/grow exploration for dynamic sparse training.
 
-Pure PyTorch: a :class:`MaskManager` owns one boolean mask per sparsified tensor of a
-module and drives it through optimizer step hooks, so any training loop that calls
-``optimizer.step()`` trains sparse without being changed.
+Pure PyTorch: a :class:`MaskManager` decides which entries of each sparsified tensor of a
+module are active, keeps them in a storage (:mod:`~recbole_dsl.sparse.storage`) and drives
+them through optimizer step hooks, so any training loop that calls ``optimizer.step()``
+trains sparse without being changed. Which entries leave and join is decided by the pure
+functions of :mod:`~recbole_dsl.sparse.prune_grow`; fresh optimizer state for them comes
+from :mod:`~recbole_dsl.sparse.optimizer_state`.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
-from recbole_dsl.sparse.prune_grow import (
-    grow_scores,
-    prune_scores,
-    select_highest,
-    select_lowest,
-    uniform_prefix_mask,
-)
+from recbole_dsl.sparse import optimizer_state
+from recbole_dsl.sparse.budgets import layer_densities, round_budget
+from recbole_dsl.sparse.prune_grow import GROWTH_RULES, grow, prune, uniform_prefix_mask
 from recbole_dsl.sparse.schedule import CosineUpdateSchedule
+from recbole_dsl.sparse.storage import DenseMaskedStorage
 
-GROWTH_MODES = ("gradient", "random")
+GROWTH_MODES = tuple(GROWTH_RULES)
 GROWTH_GRADIENTS = ("batch", "interval")
-DISTRIBUTIONS = ("uniform", "erk")
-
-
-def select_parameters(module: nn.Module, selection: Union[str, Sequence[str]]) -> List[str]:
-    """Names of the trainable tensors of ``module`` to sparsify.
-
-    ``"all"``: every trainable weight with two or more dimensions (embedding tables,
-    linear, recurrent and convolution weights; biases and norms stay dense).
-    ``"embeddings"``: the weights of ``nn.Embedding`` modules only.
-    A list of regular expressions: every trainable tensor of more than one element whose
-    name matches one of them (``re.search``).
-    """
-    trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
-    if selection == "all":
-        return [name for name, p in trainable.items() if p.dim() >= 2]
-    if selection == "embeddings":
-        embedding_weights = {
-            f"{prefix}.weight" if prefix else "weight"
-            for prefix, sub in module.named_modules()
-            if isinstance(sub, nn.Embedding)
-        }
-        return [name for name in trainable if name in embedding_weights]
-    if isinstance(selection, str):
-        raise ValueError(f"unknown parameter selection {selection!r}: use all, embeddings or a list of patterns")
-    patterns = [re.compile(p) for p in selection]
-    return [
-        name for name, p in trainable.items() if p.numel() > 1 and any(pat.search(name) for pat in patterns)
-    ]
-
-
-def round_budget(density: float, numel: int) -> int:
-    """Number of non-zeros of a tensor of ``numel`` entries at ``density`` (half rounds up)."""
-    return min(numel, int(math.floor(density * numel + 0.5)))
-
-
-def layer_densities(shapes: Dict[str, torch.Size], density: float, distribution: str) -> Dict[str, float]:
-    """Per-tensor densities whose weighted mean is ``density``.
-
-    ``uniform`` gives every tensor ``density``. ``erk`` (Erdos-Renyi-Kernel, from RigL)
-    scales each tensor's density with ``sum(shape) / prod(shape)``, so small tensors stay
-    denser; tensors that would exceed density 1 are made dense and the rest rescaled.
-    """
-    if distribution == "uniform" or density >= 1.0:
-        return {name: density for name in shapes}
-    if distribution != "erk":
-        raise ValueError(f"unknown sparsity distribution {distribution!r}: use one of {DISTRIBUTIONS}")
-    numels = {name: math.prod(shape) for name, shape in shapes.items()}
-    raw = {name: sum(shape) / numels[name] for name, shape in shapes.items()}
-    dense: set = set()
-    while True:
-        budget = density * sum(numels.values()) - sum(numels[n] for n in dense)
-        scale = budget / sum(raw[n] * numels[n] for n in shapes if n not in dense)
-        over = [n for n in shapes if n not in dense and scale * raw[n] > 1.0]
-        if not over:
-            return {n: 1.0 if n in dense else scale * raw[n] for n in shapes}
-        dense.add(max(over, key=lambda n: raw[n]))
 
 
 @dataclass
@@ -166,7 +109,6 @@ class MaskManager:
         self._optimizers: List[torch.optim.Optimizer] = []
         self._owned: Dict[int, Tuple[int, List[str]]] = {}
         self._generator = torch.Generator().manual_seed(seed)
-        self._multipliers: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         self.grown_init_scale = grown_init_scale
         self.regrown_keep_values = regrown_keep_values
         self.growth_gradient = growth_gradient
@@ -189,17 +131,17 @@ class MaskManager:
         self.groups: List[List[str]] = [self.names] if shared_budget else [[n] for n in self.names]
         for names in self.groups:
             self._group_structure(names)
-        self.masks: Dict[str, torch.Tensor] = {}
+        self.storage: Dict[str, DenseMaskedStorage] = {}
         for name, p in params.items():
             if dense_start:
-                self.masks[name] = torch.ones_like(p, dtype=torch.bool)
-                continue
-            if self.structures[name] == "prefix":
-                self.masks[name] = uniform_prefix_mask(p.shape, self.budgets[name], self._generator).to(p.device)
-                continue
-            mask = torch.zeros(p.numel(), dtype=torch.bool)
-            mask[torch.randperm(p.numel(), generator=self._generator)[: self.budgets[name]]] = True
-            self.masks[name] = mask.view(p.shape).to(p.device)
+                mask = torch.ones_like(p, dtype=torch.bool)
+            elif self.structures[name] == "prefix":
+                mask = uniform_prefix_mask(p.shape, self.budgets[name], self._generator).to(p.device)
+            else:
+                mask = torch.zeros(p.numel(), dtype=torch.bool)
+                mask[torch.randperm(p.numel(), generator=self._generator)[: self.budgets[name]]] = True
+                mask = mask.view(p.shape).to(p.device)
+            self.storage[name] = DenseMaskedStorage(mask)
         self.apply_masks()
 
     # ------------------------------------------------------------------ queries
@@ -207,65 +149,61 @@ class MaskManager:
         return self.module.get_parameter(name)
 
     @property
+    def masks(self) -> Mapping[str, torch.Tensor]:
+        """Each sparsified tensor's mask (True: active), read from its storage."""
+        return {name: self.storage[name].mask for name in self.names}
+
+    def set_mask(self, name: str, mask: torch.Tensor) -> None:
+        """Replace the mask of ``name`` (a tensor of its shape) and zero its inactive weights."""
+        self.storage[name].set_mask(mask.to(dtype=torch.bool, device=self.storage[name].mask.device))
+        with torch.no_grad():
+            self.storage[name].zero_inactive(self.param(name))
+
+    @property
+    def optimizers(self) -> List[torch.optim.Optimizer]:
+        """The attached optimizers, in the order they were attached."""
+        return list(self._optimizers)
+
+    @property
     def is_dense(self) -> bool:
-        return all(self.budgets[n] == self.masks[n].numel() for n in self.names)
+        return all(self.budgets[n] == self.storage[n].mask.numel() for n in self.names)
 
     def nnz(self) -> Dict[str, int]:
         """Active entries per tensor (equal to the budget unless the budget is shared)."""
-        return {n: int(self.masks[n].sum()) for n in self.names}
+        return {n: int(self.storage[n].mask.sum()) for n in self.names}
 
     def numel(self) -> Dict[str, int]:
-        return {n: self.masks[n].numel() for n in self.names}
+        return {n: self.storage[n].mask.numel() for n in self.names}
 
     def held_bytes(self) -> Dict[str, int]:
-        """Bytes the manager itself holds per sparsified tensor between steps: the mask, its
-        cached multiplier, and the interval and last-step gradients it keeps."""
+        """Bytes the manager itself holds per sparsified tensor between steps: its storage's
+        (the mask and its cached multiplier), and the interval and last-step gradients it keeps."""
         held = {}
         for name in self.names:
-            tensors = [self.masks[name], self._multipliers.get(name, (None, None))[1],
-                       self._accumulated.get(name), self._last_step_gradient.get(name)]
-            held[name] = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+            gradients = [self._accumulated.get(name), self._last_step_gradient.get(name)]
+            held[name] = self.storage[name].held_bytes() + sum(t.numel() * t.element_size() for t in gradients if t is not None)
         return held
 
     def overall_density(self) -> float:
         return sum(self.nnz().values()) / sum(self.numel().values())
 
     # ------------------------------------------------------------------ masking
-    def _multiplier(self, name: str) -> torch.Tensor:
-        """The mask in the weight's dtype, cached until the mask changes: multiplying by a
-        boolean mask would convert it at every optimizer step."""
-        mask = self.masks[name]
-        cached = self._multipliers.get(name)
-        if cached is None or cached[0] is not mask:
-            cached = (mask, mask.to(self.param(name).dtype))
-            self._multipliers[name] = cached
-        return cached[1]
-
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Zero every inactive weight."""
         for name in self.names:
-            self.param(name).mul_(self._multiplier(name))
+            self.storage[name].zero_inactive(self.param(name))
 
-    @torch.no_grad()
     def clip_grad_norm_(
         self, parameters: Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0, **kwargs
     ) -> torch.Tensor:
-        """:func:`torch.nn.utils.clip_grad_norm_` of the sparse model: the norm counts the
-        active entries of the sparsified tensors only (their inactive gradients are kept
-        for growth), and every gradient is scaled by the one coefficient. Returns the norm."""
-        parameters = [p for p in parameters if p.grad is not None]
-        sparsified = {id(self.param(n)): n for n in self.names}
-        gradients = [
-            p.grad.mul(self._multiplier(sparsified[id(p)])) if id(p) in sparsified else p.grad for p in parameters
-        ]
-        error_if_nonfinite = kwargs.pop("error_if_nonfinite", False)
-        foreach = kwargs.pop("foreach", None)
-        if kwargs:
-            raise TypeError(f"clip_grad_norm_ got unexpected arguments {sorted(kwargs)}")
-        total_norm = torch.nn.utils.get_total_norm(gradients, norm_type, error_if_nonfinite, foreach)
-        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm, foreach)
-        return total_norm
+        """:func:`~recbole_dsl.sparse.optimizer_state.clip_grad_norm_` with this manager's
+        masks: the norm of the active entries. Returns the norm."""
+        masks = {}
+        for name in self.names:
+            param = self.param(name)
+            masks[id(param)] = self.storage[name].multiplier(param.dtype)
+        return optimizer_state.clip_grad_norm_(parameters, masks, max_norm, norm_type, **kwargs)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Drive the masks from ``optimizer``'s steps; every attached step is one iteration."""
@@ -342,7 +280,7 @@ class MaskManager:
     @torch.no_grad()
     def _post_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
         for name in self._owned_names(optimizer):
-            self.param(name).mul_(self._multiplier(name))
+            self.storage[name].zero_inactive(self.param(name))
 
     # ------------------------------------------------------------------ exploration
     @torch.no_grad()
@@ -360,7 +298,7 @@ class MaskManager:
         pruned_total = 0
         for names in self.groups:
             params = [self.param(n) for n in names]
-            mask = torch.cat([self.masks[n].flatten() for n in names])
+            mask = torch.cat([self.storage[n].mask.flatten() for n in names])
             budget = sum(self.budgets[n] for n in names)
             excess = int(mask.sum()) - budget
             if excess <= 0:
@@ -398,7 +336,7 @@ class MaskManager:
         makes the update (None: every tensor's ``.grad`` is current)."""
         params = [self.param(n) for n in names]
         structure = self._group_structure(names)
-        mask = self._stacked([self.masks[n] for n in names], structure).clone()  # the new mask
+        mask = self._stacked([self.storage[n].mask for n in names], structure).clone()  # the new mask
         nnz = int(mask.sum())
         if nnz == mask.numel() or nnz == 0:
             return 0
@@ -406,20 +344,16 @@ class MaskManager:
         if k == 0:
             return 0
         magnitude = self._stacked([p.detach().abs() for p in params], structure)
-        pruned = select_lowest(prune_scores(magnitude, mask, structure), k, structure, self._generator)
+        pruned = prune(magnitude, mask, k, structure, self._generator)
         mask.view(-1)[pruned] = False
 
-        random_scores = torch.rand(mask.shape, generator=self._generator).to(mask.device)
+        gradient = None
         if self.growth == "gradient":
             gradient = self._stacked(
                 [self._growth_gradient(n, p, stepping is None or n in stepping) for n, p in zip(names, params)], structure
             )
-            # Entries without gradient rank below every entry with one, in random order,
-            # so the budget is met even when a batch touches few embedding rows.
-            score = torch.where(gradient > 0, gradient, -random_scores)
-        else:
-            score = random_scores
-        grown = select_highest(grow_scores(score, mask, structure), k, structure, self._generator)
+        scores = GROWTH_RULES[self.growth](mask.shape, gradient, self._generator).to(mask.device)
+        grown = grow(scores, mask, k, structure, self._generator)
         mask.view(-1)[grown] = True
         if self.regrown_keep_values:
             regrown = torch.isin(grown, pruned)
@@ -445,31 +379,20 @@ class MaskManager:
         for name, p in zip(names, params):
             numel = p.numel()
             local = changed[(changed >= offset) & (changed < offset + numel)] - offset
-            old_mask = self.masks[name]
-            self.masks[name] = mask[offset : offset + numel].view(p.shape).clone()
+            old_mask = self.storage[name].mask
+            new_mask = mask[offset : offset + numel].view(p.shape).clone()
+            self.storage[name].set_mask(new_mask)
             flat = p.view(-1)
             if grown is not None and self.grown_init_scale > 0:
-                kept = flat[old_mask.flatten() & self.masks[name].flatten()]
+                kept = flat[old_mask.flatten() & new_mask.flatten()]
                 scale = self.grown_init_scale * float(kept.pow(2).mean().sqrt()) if kept.numel() else 0.0
                 local_grown = grown[(grown >= offset) & (grown < offset + numel)] - offset
                 flat[local] = 0.0
                 flat[local_grown] = scale * torch.randn(local_grown.numel(), generator=self._generator).to(flat)
             else:
                 flat[local] = 0.0
-            self._reset_optimizer_state(p, local)
+            optimizer_state.reset_optimizer_state(self._optimizers, p, local)
             offset += numel
-
-    def _reset_optimizer_state(self, param: nn.Parameter, positions: torch.Tensor) -> None:
-        """Give changed entries fresh optimizer state (Adam moments, Adagrad sums, ...)."""
-        for optimizer in self._optimizers:
-            state = optimizer.state.get(param)
-            if not state:
-                continue
-            group = next(g for g in optimizer.param_groups if any(q is param for q in g["params"]))
-            initial_sum = group.get("initial_accumulator_value", 0.0)
-            for key, value in state.items():
-                if torch.is_tensor(value) and value.shape == param.shape:
-                    value.view(-1)[positions] = initial_sum if key == "sum" else 0.0
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
@@ -492,10 +415,10 @@ class MaskManager:
         if missing:
             raise KeyError(f"sparse state has no mask for {sorted(missing)}")
         for name in self.names:
-            mask = state["masks"][name]
-            if mask.shape != self.masks[name].shape:
-                raise ValueError(f"mask of {name} has shape {tuple(mask.shape)}, expected {tuple(self.masks[name].shape)}")
-            self.masks[name] = mask.to(dtype=torch.bool, device=self.masks[name].device)
+            mask, current = state["masks"][name], self.storage[name].mask
+            if mask.shape != current.shape:
+                raise ValueError(f"mask of {name} has shape {tuple(mask.shape)}, expected {tuple(current.shape)}")
+            self.storage[name].set_mask(mask.to(dtype=torch.bool, device=current.device))
         self.budgets = {n: int(state["budgets"][n]) for n in self.names}
         if masks_only:
             self.apply_masks()
@@ -504,5 +427,5 @@ class MaskManager:
         self.schedule.end_iteration = state["end_iteration"]
         self._pending_ratio = {int(k): float(v) for k, v in state["pending_ratio"].items()}
         self._generator.set_state(state["generator"])
-        self._accumulated = {n: g.to(self.masks[n].device) for n, g in state.get("accumulated", {}).items()}
+        self._accumulated = {n: g.to(self.storage[n].mask.device) for n, g in state.get("accumulated", {}).items()}
         self.apply_masks()

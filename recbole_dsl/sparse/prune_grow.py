@@ -1,5 +1,9 @@
 """Prune and grow as pure functions over (scores, mask, k), after RigL's reference code.
 
+:func:`prune` picks the ``k`` active entries to drop by magnitude; :func:`grow` picks the
+``k`` inactive entries to add by the scores of a growth rule (:data:`GROWTH_RULES`:
+DSL's gradient magnitude, or SET's random draw).
+
 Two mask structures are supported:
 
 * ``unstructured``: any entry may be active. Prune the ``k`` active entries of smallest
@@ -17,11 +21,14 @@ Two mask structures are supported:
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
 STRUCTURES = ("unstructured", "prefix")
+# A growth rule scores every entry of a tensor (the inactive ones with the highest scores
+# are grown) from the gradient it is given (None for rules that need none) and a generator.
+GrowthRule = Callable[[torch.Size, Optional[torch.Tensor], torch.Generator], torch.Tensor]
 
 
 def _check_structure(structure: str) -> None:
@@ -119,3 +126,34 @@ def _select(scores: torch.Tensor, k: int, structure: str, generator: Optional[to
     chosen = torch.cat([better, tied])
     chosen = chosen[torch.sort(rank(chosen)).indices]
     return chosen[torch.sort(flat[chosen], descending=not lowest, stable=True).indices]
+
+
+def gradient_growth(shape: torch.Size, gradient: Optional[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    """DSL's growth: the gradient magnitude. Entries without gradient rank below every entry
+    with one, in random order, so the budget is met even when a batch touches few rows."""
+    random_scores = torch.rand(shape, generator=generator).to(gradient.device)
+    return torch.where(gradient > 0, gradient, -random_scores)
+
+
+def random_growth(shape: torch.Size, gradient: Optional[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    """SET's growth: a random draw, whatever the gradient."""
+    return torch.rand(shape, generator=generator)
+
+
+GROWTH_RULES: Dict[str, GrowthRule] = {"gradient": gradient_growth, "random": random_growth}
+
+
+def prune(
+    magnitude: torch.Tensor, mask: torch.Tensor, k: int, structure: str = "unstructured", generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Flat indices of the ``k`` active entries of smallest ``magnitude`` (for a prefix
+    mask, the ends of rows: see :func:`prune_scores`)."""
+    return select_lowest(prune_scores(magnitude, mask, structure), k, structure, generator)
+
+
+def grow(
+    scores: torch.Tensor, mask: torch.Tensor, k: int, structure: str = "unstructured", generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Flat indices of the ``k`` inactive entries of highest growth ``scores`` (for a prefix
+    mask, the next entries of rows: see :func:`grow_scores`)."""
+    return select_highest(grow_scores(scores, mask, structure), k, structure, generator)

@@ -29,6 +29,7 @@ from torch import nn
 
 from recbole_dsl.errors import DSLCheckpointError, DSLConfigError, DSLError
 from recbole_dsl.quick_start import load_config, load_dataset, recbole_warnings_silenced
+from recbole_dsl.trainer import read_checkpoint
 
 POPULARITY_COLUMNS = ("side", "group", "entities", "interactions", "nnz", "numel", "density")
 
@@ -105,16 +106,8 @@ def popularity_analysis(
     n_groups: int = 10,
 ) -> List[Dict[str, Any]]:
     """Density by popularity group of the user and item embedding rows of a checkpoint."""
-    try:
-        checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
-        masks = checkpoint["sparsity"]["masks"]
-        trained = checkpoint["config"]
-    except FileNotFoundError:
-        raise DSLCheckpointError(f"checkpoint {checkpoint_file} does not exist") from None
-    except Exception as e:
-        raise DSLCheckpointError(
-            f"cannot read checkpoint {checkpoint_file}: not a recbole-dsl checkpoint ({type(e).__name__})"
-        ) from None
+    checkpoint = read_checkpoint(checkpoint_file)
+    masks, trained = checkpoint["sparsity"]["masks"], checkpoint["config"]
     config = load_config(trained["model"], dataset or trained["dataset"], config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
     with recbole_warnings_silenced():

@@ -1,0 +1,36 @@
+"""The harness's files: CSV rows, file names made from labels, and the commands that
+made a benchmark's runs. Shared by the scripts beside it."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+
+def read_rows(path: Path) -> List[Dict[str, str]]:
+    """Every row of a results CSV, as strings; none when the file does not exist yet."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def slug(text: str) -> str:
+    """``text`` as a file name (no brackets, commas or spaces)."""
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")
+
+
+def record_command(script: str, work_dir: str) -> List[str]:
+    """Add this invocation of ``benchmarks/<script>`` to ``<work_dir>/commands.txt``; returns
+    every command that made the runs kept there, for the table to list."""
+    command = f"python benchmarks/{script} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    commands_file = Path(work_dir) / "commands.txt"
+    commands = commands_file.read_text(encoding="utf-8").splitlines() if commands_file.exists() else []
+    if command.strip() not in commands:
+        commands.append(command.strip())
+        commands_file.write_text("\n".join(commands) + "\n", encoding="utf-8")
+    return commands

@@ -1,0 +1,55 @@
+"""How a sparsified tensor is held between steps.
+
+The manager decides which entries are active; a storage keeps that decision and keeps the
+inactive entries of the tensor at zero. :class:`MaskedStorage` is the interface the
+manager uses; :class:`DenseMaskedStorage` holds the tensor dense with a boolean mask.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol
+
+import torch
+
+
+class MaskedStorage(Protocol):
+    """A sparsified tensor's active entries, as the manager sees them."""
+
+    mask: torch.Tensor  # boolean, the tensor's shape: True where an entry is active
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Make ``mask`` the active entries (the tensor's values are the caller's to zero)."""
+
+    def zero_inactive(self, weight: torch.Tensor) -> None:
+        """Set every inactive entry of ``weight`` to zero, in place."""
+
+    def held_bytes(self) -> int:
+        """Bytes the storage itself holds beyond the tensor's own."""
+
+
+class DenseMaskedStorage:
+    """The tensor stays a dense parameter and a boolean mask marks its active entries; the
+    inactive ones are multiplied by zero. The mask in the weight's dtype is cached until the
+    mask changes, since multiplying by a boolean mask would convert it at every step."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+        self._multiplier: Optional[torch.Tensor] = None
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+        self._multiplier = None
+
+    def multiplier(self, dtype: torch.dtype) -> torch.Tensor:
+        if self._multiplier is None or self._multiplier.dtype != dtype:
+            self._multiplier = self.mask.to(dtype)
+        return self._multiplier
+
+    def zero_inactive(self, weight: torch.Tensor) -> None:
+        weight.mul_(self.multiplier(weight.dtype))
+
+    def held_bytes(self) -> int:
+        held = self.mask.numel() * self.mask.element_size()
+        if self._multiplier is not None:
+            held += self._multiplier.numel() * self._multiplier.element_size()
+        return held
