@@ -13,8 +13,8 @@ and convergence of the training loss.
 Methods (``dsl_method``): dense (the reference), dense_small (the same model, dense, with
 its sizes scaled to the sparse budget), rp (static random mask), mp (dense training,
 one-shot magnitude pruning, fine-tuning), set (random growth), dsl, and the DSL variants
-dsl_prefix (variable-length embedding rows) and dsl_mixed (dsl_prefix growing by the
-gradient summed over the update interval).
+dsl_interval (growing by the gradient summed over the update interval), dsl_prefix
+(variable-length embedding rows), dsl_mixed (both) and dsl_erk (dsl_mixed with ERK budgets).
 Every run is one ``run_recbole_dsl.py`` process with the profile's settings
 (``benchmarks/profiles/<profile>.yaml``). Its row is appended to
 ``benchmarks/results/<experiment>.csv`` as soon as it finishes; configurations already in
@@ -42,12 +42,13 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
-from results_files import read_rows, slug  # beside this script
+from results_files import DENSE_METHODS, METHOD_NAMES, read_rows, slug  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES_DIR = ROOT / "benchmarks" / "profiles"
-METHODS = ("dense", "dense_small", "rp", "mp", "set", "dsl", "dsl_prefix", "dsl_mixed", "dsl_erk")
-SPARSE_METHODS = ("rp", "mp", "set", "dsl", "dsl_prefix", "dsl_mixed", "dsl_erk")
+METHODS = tuple(METHOD_NAMES)
+SPARSE_METHODS = tuple(m for m in METHODS if m not in DENSE_METHODS)
+EXPLORING_METHODS = ("set", *(m for m in METHODS if m.startswith("dsl")))
 BACKBONES = ("BPR", "LightGCN", "NeuMF", "MultiVAE", "SASRec")
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)
 PROFILE_KEYS = {"seeds", "settings", "datasets", "models", "experiments"}
@@ -596,7 +597,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     sens = experiment("sensitivity", "ΔT × ρ0 grid at three sparsities through the sweep command (Figure 3)",
                       ["LightGCN"], ["ml-1m"])
     sens.add_argument("--sweep", default=str(ROOT / "properties" / "sweep" / "sensitivity.yaml"))
-    sens.add_argument("--method", choices=("dsl", "set", "dsl_prefix", "dsl_mixed", "dsl_erk"), default="dsl", help="the exploring method swept")
+    sens.add_argument("--method", choices=EXPLORING_METHODS, default="dsl", help="the exploring method swept")
     sens.add_argument("--runner", choices=("ray", "process"), default="ray",
                       help="ray: one sweep through --sweep (Ray Tune); process: one run_recbole_dsl.py process per grid point")
 

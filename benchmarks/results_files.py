@@ -10,6 +10,22 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
+# The methods the harness compares (values of ``dsl_method``) in the order of its tables,
+# with the names its report gives them; every one but these two trains at a sparse budget.
+METHOD_NAMES = {
+    "dense": "dense",
+    "dense_small": "dense_small (smaller dense model)",
+    "rp": "RP (static random mask)",
+    "mp": "MP (dense, prune, fine-tune)",
+    "set": "SET (random growth)",
+    "dsl": "DSL",
+    "dsl_prefix": "DSL, variable-length rows",
+    "dsl_mixed": "DSL, variable-length rows, interval growth",
+    "dsl_erk": "dsl_mixed, ERK budgets",
+    "dsl_interval": "DSL, interval growth",
+}
+DENSE_METHODS = ("dense", "dense_small")
+
 
 def read_rows(path: Path) -> List[Dict[str, str]]:
     """Every row of a results CSV, as strings; none when the file does not exist yet."""

@@ -17,22 +17,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from results_files import read_rows, slug  # noqa: E402  beside this script
+from results_files import METHOD_NAMES, read_rows, slug  # noqa: E402  beside this script
 
 METRIC = "ndcg@10"
-SPARSE_METHODS = ("dense_small", "rp", "mp", "set", "dsl", "dsl_prefix", "dsl_mixed", "dsl_erk")  # every method compared at a budget
-DSL_METHODS = ("dsl", "dsl_prefix", "dsl_mixed", "dsl_erk")  # the best of these is "the best DSL method" of the targets
-METHOD_NAMES = {
-    "dense": "dense",
-    "dense_small": "dense_small (smaller dense model)",
-    "rp": "RP (static random mask)",
-    "mp": "MP (dense, prune, fine-tune)",
-    "set": "SET (random growth)",
-    "dsl": "DSL",
-    "dsl_prefix": "DSL, variable-length rows",
-    "dsl_mixed": "DSL, variable-length rows, interval growth",
-    "dsl_erk": "dsl_mixed, ERK budgets",
-}
+SPARSE_METHODS = tuple(m for m in METHOD_NAMES if m != "dense")  # every method compared at a budget
+DSL_METHODS = tuple(m for m in METHOD_NAMES if m.startswith("dsl"))  # the best of these is "the best DSL method" of the targets
 TARGETS = {0.8: 0.95, 0.9: 0.90}  # the best DSL method's share of dense NDCG@10 to reach at these sparsities
 # Profiles in the order the page shows them, with what their numbers mean.
 PROFILE_ORDER = ("converged", "paper", "quick")

@@ -48,6 +48,12 @@ METHODS: Dict[str, Method] = {
             scales_model=True,
         ),
         Method(
+            "dsl_interval",
+            "DSL growing where the gradient summed since the last update is largest, with unstructured masks",
+            explores=True,
+            growth_gradient="interval",
+        ),
+        Method(
             "dsl_prefix",
             "DSL with embedding rows of variable length: pruning shortens rows, growth lengthens them",
             explores=True,

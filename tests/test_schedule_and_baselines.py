@@ -164,14 +164,14 @@ def test_growth_gradient_is_checked(tiny_data_path):
 
 @pytest.mark.parametrize("method, setting, expected", [
     ("dsl", None, "batch"), ("dsl_prefix", None, "batch"), ("dsl_mixed", None, "interval"),
-    ("dsl", "interval", "interval"), ("dsl_mixed", "batch", "batch"),
+    ("dsl", "interval", "interval"), ("dsl_mixed", "batch", "batch"), ("dsl_interval", None, "interval"),
 ])
 def test_growth_gradient_is_the_methods_unless_set(tiny_data_path, tmp_path, method, setting, expected):
     overrides = {"growth_gradient": setting} if setting else {}
     config, train_data, _ = build(tiny_data_path, tmp_path, dsl_method=method, sparsity=0.8, **overrides)
     trainer = create_trainer(config, get_model("BPR")(config, train_data._dataset))
     assert trainer.mask_manager.growth_gradient == expected
-    assert set(trainer.mask_manager.structures.values()) == {"unstructured" if method == "dsl" else "prefix"}
+    assert set(trainer.mask_manager.structures.values()) == {"unstructured" if method in ("dsl", "dsl_interval") else "prefix"}
 
 
 def test_scaled_sizes_keep_their_multiples():

@@ -111,6 +111,35 @@ def test_just_pruned_entry_can_come_back_at_zero():
     assert model.w[0, 1].item() == 0.0
 
 
+def test_prune_and_grow_are_functions_of_scores_mask_and_k():
+    from recbole_dsl.sparse.prune_grow import GROWTH_RULES, grow, prune
+
+    mask = torch.tensor([[True, True, False, False], [True, True, False, False]])
+    weights = torch.tensor([[0.9, -0.1, 0.0, 0.0], [0.5, 0.3, 0.0, 0.0]])
+    pruned = prune(weights.abs(), mask, 2)
+    assert sorted(pruned.tolist()) == [1, 5]  # the two smallest active magnitudes
+    after = mask.clone().view(-1)
+    after[pruned] = False
+    gradient = torch.tensor([[0.0, 0.0, 0.2, -0.7], [0.0, 0.0, 0.0, 0.1]]).abs()
+    generator = torch.Generator().manual_seed(0)
+    scores = GROWTH_RULES["gradient"](mask.shape, gradient, generator)
+    grown = grow(scores, after.view(mask.shape), 2, generator=generator)
+    assert sorted(grown.tolist()) == [2, 3]  # the largest gradients among inactive entries
+    assert not bool(after.view(mask.shape).view(-1)[grown].any())  # only inactive entries grow
+    # A rule is any function of (shape, gradient, generator): one that prefers the last column.
+    last_column = grow(torch.tensor([[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 2.0]]), after.view(mask.shape), 2)
+    assert sorted(last_column.tolist()) == [3, 7]
+
+
+def test_set_mask_replaces_the_storage_and_zeroes_what_it_deactivates():
+    model, manager = hand_built()
+    with torch.no_grad():
+        model.w.copy_(torch.tensor([[0.9, -0.1, 0, 0], [0.5, 0.3, 0, 0]]))
+    manager.set_mask("w", torch.tensor([[1, 0, 0, 0], [1, 1, 0, 1]]))
+    assert manager.masks["w"].dtype == torch.bool and manager.storage["w"].mask is manager.masks["w"]
+    assert torch.equal(model.w.detach(), torch.tensor([[0.9, 0, 0, 0], [0.5, 0.3, 0, 0]]))
+
+
 def test_random_growth_keeps_budget_and_prunes_by_magnitude():
     model, manager = hand_built()
     manager.growth = "random"
