@@ -79,6 +79,25 @@ def test_sparse_dense_product_follows_concatenated_embeddings():
     assert counter.count.forward == int(active_per_row[cols].sum()) + 6 * 4
 
 
+def test_an_uncoalesced_graph_is_counted_as_stored():
+    """torch's sparse-dense kernel multiplies the entries as stored, a duplicate twice: the
+    count follows it, without coalescing (sorting) the graph at every step."""
+    rows, cols = torch.tensor([0, 1, 1, 2, 4, 0]), torch.tensor([1, 2, 0, 5, 5, 1])  # (0, 1) twice
+    graph = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(6), (6, 6))
+    table = torch.nn.Parameter(torch.randn(6, 4))
+    mask = _mask((6, 4), 0.5, 7)
+    counts = {}
+    for name, matrix in (("stored", graph), ("coalesced", graph.coalesce())):
+        with MacCounter({table: mask}) as counter:
+            torch.sparse.mm(matrix, table)
+        counts[name] = counter.count
+    assert not graph.is_coalesced()
+    assert counts["stored"].forward_dense == 6 * 4 and counts["coalesced"].forward_dense == 5 * 4
+    active = mask.sum(dim=1)
+    assert counts["stored"].forward == int(active[cols].sum())
+    assert counts["coalesced"].forward == int(active[cols].sum()) - int(active[1])
+
+
 def test_elementwise_product_of_gathered_rows():
     """BPR's score: the element-wise product of a user's and an item's rows."""
     users, items = torch.nn.Parameter(torch.randn(4, 8)), torch.nn.Parameter(torch.randn(4, 8))

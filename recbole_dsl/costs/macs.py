@@ -210,9 +210,11 @@ def _sparse_addmm_rule(counter: MacCounter, func, args, kwargs, out):
 
 def _sparse_dense_rule(counter: MacCounter, s: torch.Tensor, d: torch.Tensor):
     """Sparse (COO) matrix S times dense D: one MAC per stored entry of S and column of D;
-    with D structurally sparse, only D's active entries of the row S's entry selects."""
-    s = s if s.is_coalesced() else s.coalesce()
-    columns = s.indices()[1]
+    with D structurally sparse, only D's active entries of the row S's entry selects. The
+    kernel multiplies the entries as stored, duplicates of an uncoalesced S included, so
+    they are counted as stored (coalescing a graph's adjacency at every propagation step
+    would cost more than the product)."""
+    columns = s._indices()[1]
     dense = columns.numel() * d.shape[1]
     mask = counter.mask_of(d)
     sparse = dense if mask is None else int(mask.sum(dim=1, dtype=torch.int64)[columns].sum())
