@@ -64,7 +64,7 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("error: interrupted before training started", file=sys.stderr)
+        print("error: interrupted", file=sys.stderr)
         return 130
     except DSLError as e:
         print(f"error: {e}", file=sys.stderr)

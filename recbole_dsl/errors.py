@@ -24,13 +24,20 @@ class DSLSweepError(DSLError, ValueError):
 
 
 class DSLInterrupted(DSLError):
-    """Training stopped by the user (Ctrl-C); names the checkpoint to resume from."""
+    """A run stopped by the user (Ctrl-C); names the checkpoint to resume from, or, when
+    training had ended, the best model that the test never evaluated."""
 
-    def __init__(self, checkpoint: "str | None") -> None:
-        self.checkpoint = checkpoint
-        resume = f": resume with --resume_file={checkpoint}" if checkpoint else " before any checkpoint was written"
-        super().__init__(f"interrupted{resume}")
+    def __init__(self, checkpoint: "str | None", trained: bool = False) -> None:
+        self.checkpoint, self.trained = checkpoint, trained
+        if trained:
+            where = f": the best model is in {checkpoint}" if checkpoint else ""
+            message = f"interrupted after training, before the test: no results were written{where}"
+        elif checkpoint:
+            message = f"interrupted: resume with --resume_file={checkpoint}"
+        else:
+            message = "interrupted before any checkpoint was written"
+        super().__init__(message)
 
     def __reduce__(self):
-        # Rebuilt from the checkpoint, not the message, when it comes from another process.
-        return DSLInterrupted, (self.checkpoint,)
+        # Rebuilt from its fields, not the message, when it comes from another process.
+        return DSLInterrupted, (self.checkpoint, self.trained)

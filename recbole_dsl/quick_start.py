@@ -289,15 +289,19 @@ def _run_processes(
     messages = []
     while not queue.empty():
         messages.append(queue.get())
-    errors = sorted(((rank, error) for kind, rank, error in messages if kind == "error"), key=lambda pair: pair[0])
+    errors = [error for _, error in sorted(((rank, error) for kind, rank, error in messages if kind == "error"), key=lambda pair: pair[0])]
+    results = [message for kind, _, message in messages if kind == "result"]
+    if results and all(isinstance(error, DSLInterrupted) for error in errors) and not failure:
+        return results[0]  # process 0 wrote its results before the Ctrl-C reached it
     if errors:
-        raise errors[0][1]
+        raise errors[0]
     if failure:
         raise DSLError(f"a training process failed: {failure}")
-    results = [message for kind, _, message in messages if kind == "result"]
-    if not results and config["offset"] == 0:
+    if interrupted:
+        raise DSLInterrupted(None)
+    if config["offset"] == 0:
         raise DSLError("a training process ended without a result or an error")
-    return results[0] if results else {}
+    return {}
 
 
 def _check_port_free(ip: str, port: int) -> None:
@@ -322,6 +326,9 @@ def _run_process(local_rank: int, model, dataset, config_file_list, config_dict,
     except DSLError as e:
         queue.put(("error", local_rank, e))
         sys.exit(2)
+    except KeyboardInterrupt:  # before training started: _run names the checkpoint after that
+        queue.put(("error", local_rank, DSLInterrupted(None)))
+        sys.exit(130)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -377,48 +384,51 @@ def _run(config: DSLConfig, saved: bool, callback_fn: Optional[Callable[[int, fl
         trainer.resume_checkpoint(config["resume_file"])
     # Only passed when set: RecBole's DecisionTreeTrainer.fit takes no callback_fn.
     fit_kwargs = {"callback_fn": callback_fn} if callback_fn else {}
+    trained = False
     try:
         best_valid_score, best_valid_result = trainer.fit(
             train_data, valid_data, saved=saved, show_progress=config["show_progress"], **fit_kwargs
         )
+        trained = True
+        # A non-parametric model is fitted once and kept in memory; RecBole's own checkpoint
+        # of it pickles scipy objects that torch >= 2.6 refuses to load by default.
+        dsl_applied = isinstance(trainer, DSLTrainerMixin)
+        started = time.perf_counter()
+        test_result = trainer.evaluate(
+            test_data, load_best_model=saved and dsl_applied, show_progress=config["show_progress"]
+        )
+        test_seconds = time.perf_counter() - started
+
+        result = {
+            "model": config["model"],
+            "dataset": config["dataset"],
+            "dsl": {key: config[key] for key in DSL_SETTINGS},
+            "dsl_applied": dsl_applied,
+            "dense_small": dense_small,
+            "best_valid_score": _plain(best_valid_score),
+            "best_valid_result": _plain(best_valid_result),
+            "test_result": _plain(test_result),
+            "final_density": None,
+            "sparsified": {},
+            "checkpoint": trainer.saved_model_file if saved and dsl_applied else None,
+            "compact_file": None,
+            "costs": None,
+            # RecBole's record of each epoch's training loss (tuples of losses summed).
+            "train_loss": [float(loss) for _, loss in sorted(trainer.train_loss_dict.items())],
+            # [epoch, validation score] of every validation (valid_metric).
+            "valid_scores": getattr(trainer, "valid_scores", []),
+        }
+        if dsl_applied:
+            result["sparsified"] = trainer.sparsity_summary()
+            result["final_density"] = trainer.mask_manager.overall_density()
+            if saved and is_main_process():
+                result["compact_file"] = compact_file_name(trainer.saved_model_file)
+                save_compact(result["compact_file"], trainer.model.state_dict(), trainer.mask_manager.masks)
+            result["costs"] = {**measure_costs(trainer, train_data, test_data), "test_seconds": test_seconds}
     except KeyboardInterrupt:
         checkpoint = getattr(trainer, "saved_model_file", None)
-        raise DSLInterrupted(checkpoint if saved and checkpoint and os.path.isfile(checkpoint) else None) from None
-    # A non-parametric model is fitted once and kept in memory; RecBole's own checkpoint
-    # of it pickles scipy objects that torch >= 2.6 refuses to load by default.
-    dsl_applied = isinstance(trainer, DSLTrainerMixin)
-    started = time.perf_counter()
-    test_result = trainer.evaluate(
-        test_data, load_best_model=saved and dsl_applied, show_progress=config["show_progress"]
-    )
-    test_seconds = time.perf_counter() - started
-
-    result = {
-        "model": config["model"],
-        "dataset": config["dataset"],
-        "dsl": {key: config[key] for key in DSL_SETTINGS},
-        "dsl_applied": dsl_applied,
-        "dense_small": dense_small,
-        "best_valid_score": _plain(best_valid_score),
-        "best_valid_result": _plain(best_valid_result),
-        "test_result": _plain(test_result),
-        "final_density": None,
-        "sparsified": {},
-        "checkpoint": trainer.saved_model_file if saved and dsl_applied else None,
-        "compact_file": None,
-        "costs": None,
-        # RecBole's record of each epoch's training loss (tuples of losses summed).
-        "train_loss": [float(loss) for _, loss in sorted(trainer.train_loss_dict.items())],
-        # [epoch, validation score] of every validation (valid_metric).
-        "valid_scores": getattr(trainer, "valid_scores", []),
-    }
-    if dsl_applied:
-        result["sparsified"] = trainer.sparsity_summary()
-        result["final_density"] = trainer.mask_manager.overall_density()
-        if saved and is_main_process():
-            result["compact_file"] = compact_file_name(trainer.saved_model_file)
-            save_compact(result["compact_file"], trainer.model.state_dict(), trainer.mask_manager.masks)
-        result["costs"] = {**measure_costs(trainer, train_data, test_data), "test_seconds": test_seconds}
+        checkpoint = checkpoint if saved and checkpoint and os.path.isfile(checkpoint) else None
+        raise DSLInterrupted(checkpoint, trained=trained) from None
     if not is_main_process():
         return result
     _log_summary(logger, result)

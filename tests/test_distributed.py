@@ -138,7 +138,7 @@ def test_an_error_in_a_process_is_one_line(tiny_data_path, tmp_path):
 def test_ctrl_c_stops_every_process_and_names_process_0s_checkpoint(tiny_data_path, tmp_path):
     command = [
         sys.executable, str(ROOT / "run_recbole_dsl.py"), "--model=BPR", "--dataset=tiny", f"--data_path={tiny_data_path}",
-        "--nproc=2", f"--port={free_port()}", "--epochs=100000", "--show_progress=False", f"--checkpoint_dir={tmp_path / 'saved'}",
+        "--nproc=2", f"--port={free_port()}", "--epochs=100000", "--stopping_step=100000", "--show_progress=False", f"--checkpoint_dir={tmp_path / 'saved'}",
     ]
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300

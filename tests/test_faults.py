@@ -206,6 +206,23 @@ def test_ctrl_c_names_the_checkpoint_to_resume_from(monkeypatch, capsys, tmp_pat
 
 
 @pytest.mark.slow
+def test_ctrl_c_during_the_test_reports_no_result_and_names_the_best_model(monkeypatch, capsys, tmp_path):
+    evaluate = trainer_module.DSLTrainerMixin.evaluate
+
+    def interrupt_the_test(self, eval_data, load_best_model=True, *args, **kwargs):
+        if load_best_model:  # validations evaluate the model in memory
+            raise KeyboardInterrupt
+        return evaluate(self, eval_data, load_best_model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.DSLTrainerMixin, "evaluate", interrupt_the_test)
+    status, err = main(monkeypatch, capsys, "--model=BPR", "--epochs=2", "--results_file=r.json", *FAST[1:])
+    assert status == 130
+    assert_one_line(err, "interrupted after training, before the test: no results were written: the best model is in saved/BPR-")
+    assert torch.load(err.split("the best model is in ")[1], weights_only=True)["epoch"] in (0, 1)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r.json")) == []
+
+
+@pytest.mark.slow
 def test_recbole_own_warnings_stay_out_of_the_output(tmp_path):
     import subprocess
 
