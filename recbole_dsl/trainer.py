@@ -146,6 +146,9 @@ class DSLTrainerMixin:
     dense_iterations: int
 
     def __init__(self, config, model):
+        # RecBole's ensure_dir checks, then creates: the processes of a distributed run race
+        # between the two, and all but one fail with FileExistsError.
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         if not config["single_spec"] and config["device"].type == "cpu":
             # RecBole wraps the model for one GPU per process (device_ids=[local_rank]);
             # DistributedDataParallel takes no device ids for a model on the CPU.

@@ -1,6 +1,7 @@
 """The experiment harness (benchmarks/experiments.py) on a tiny configuration, and the
 popularity analysis (recbole_dsl.analysis)."""
 
+import argparse
 import csv
 import json
 import subprocess
@@ -312,3 +313,18 @@ def test_epoch_time_ratios_pair_each_dense_run_with_its_sparse_run(tmp_path):
     assert (row["model"], row["method"], row["pairs"]) == ("BPR", "dsl_mixed", 3)
     assert (row["ratio_median"], row["ratio_min"], row["ratio_max"]) == (1.0, 0.9, 1.1)
     assert (row["dense_epoch_seconds"], row["sparse_epoch_seconds"]) == (2.0, 2.2)
+
+
+def test_the_memory_benchmark_measures_the_state_it_trains_with():
+    memory = load_benchmark_module("memory")
+    settings = dict(rows=2000, dim=16, sparsity=0.9, steps=6, batch_size=64, update_interval=3, init_update_ratio=0.5, threads=torch.get_num_threads(), seed=1)
+    dense = memory.train(argparse.Namespace(mode="dense", **settings))
+    packed = memory.train(argparse.Namespace(mode="packed", **settings))
+    assert dense["trainable_values"] == 32000 and packed["trainable_values"] == 3200
+    # fp32 values, gradients and two Adam moments (and Adam's step count); positions: one
+    # int16 offset per row and one uint8 column per value
+    assert dense["train_state_bytes"] == 4 * 32000 * 4 + 4
+    assert packed["train_state_bytes"] == 4 * 3200 * 4 + 4 + 2001 * 2 + 3200
+    assert packed["update_seconds"] > 0 and dense["update_seconds"] == ""
+    too_big = memory.run_configuration(10**12, "dense", argparse.Namespace(dim=64, sparsity=0.9, steps=1))
+    assert too_big["note"].startswith("not run: dense parameters, gradients and Adam moments need")

@@ -1,0 +1,182 @@
+"""A sparse embedding table held as its active values and their positions.
+
+:class:`PackedEmbedding` keeps only the budget: a 1-D parameter of the active values and,
+row by row, the columns they sit in (compressed sparse rows, each index in the narrowest
+integer type that fits). The optimizer steps the values alone, so parameters, gradients
+and optimizer state all shrink with density; a lookup gathers the batch's rows into a
+dense ``(batch, dim)`` tensor. :meth:`PackedEmbedding.exchange` is DSL's prune and grow
+on this layout: prune the active values of smallest magnitude, grow the inactive entries
+of largest gradient among the rows the last batch looked up (entries without a gradient
+come after them in random order, as in :func:`~recbole_dsl.sparse.prune_grow.gradient_growth`),
+then rebuild the layout and carry the optimizer state of the kept values over.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+
+def narrowest_index_dtype(largest: int) -> torch.dtype:
+    """The smallest integer dtype that holds every value in ``[0, largest]``."""
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        if largest <= torch.iinfo(dtype).max:
+            return dtype
+    return torch.int64
+
+
+class PackedEmbedding(nn.Module):
+    """An ``num_rows x dim`` embedding with ``active`` non-zeros, held packed.
+
+    ``values`` (the parameter) lists the active entries row by row, columns ascending;
+    ``row_offsets[r]:row_offsets[r + 1]`` are row ``r``'s entries and ``columns`` their
+    columns. Rows start with ``active // num_rows`` or one more entries at random columns,
+    drawn ``chunk_rows`` rows at a time so that no dense table is ever built.
+    """
+
+    def __init__(
+        self,
+        num_rows: int,
+        dim: int,
+        active: int,
+        generator: Optional[torch.Generator] = None,
+        init_std: float = 0.1,
+        chunk_rows: int = 1 << 20,
+    ) -> None:
+        super().__init__()
+        if not 0 < active <= num_rows * dim:
+            raise ValueError(f"active={active} must be in (0, {num_rows * dim}]")
+        self.num_rows, self.dim = num_rows, dim
+        base, extra = divmod(active, num_rows)
+        lengths = torch.full((num_rows,), base, dtype=torch.int64)
+        lengths[torch.randperm(num_rows, generator=generator)[:extra]] += 1
+        keys = torch.empty(active, dtype=torch.int64)
+        filled = 0
+        for start in range(0, num_rows, chunk_rows):
+            rows = torch.arange(start, min(start + chunk_rows, num_rows))
+            longest = int(lengths[rows].max())
+            drawn = torch.rand(len(rows), dim, generator=generator).topk(longest, dim=1).indices  # in random order
+            chosen = torch.arange(longest).unsqueeze(0) < lengths[rows].unsqueeze(1)
+            columns = torch.sort(drawn.masked_fill(~chosen, dim), dim=1).values
+            chunk = (rows.unsqueeze(1) * dim + columns)[columns < dim]
+            keys[filled: filled + chunk.numel()] = chunk
+            filled += chunk.numel()
+        values = torch.randn(active, generator=generator) * init_std
+        self.values = nn.Parameter(values)
+        self._set_layout(keys)
+        # With keep_lookup_gradient set (on a step that exchanges), each lookup's rows and
+        # dense output, whose gradient growth ranks; exchange() clears them.
+        self.looked_up: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self.keep_lookup_gradient = False
+
+    def _set_layout(self, keys: torch.Tensor) -> None:
+        """Rows and columns from sorted flat keys ``row * dim + column``."""
+        rows = keys // self.dim
+        counts = torch.bincount(rows, minlength=self.num_rows)
+        offsets = torch.zeros(self.num_rows + 1, dtype=torch.int64)
+        torch.cumsum(counts, 0, out=offsets[1:])
+        self.row_offsets = offsets.to(narrowest_index_dtype(keys.numel()))
+        self.columns = (keys - rows * self.dim).to(narrowest_index_dtype(self.dim - 1))
+
+    @property
+    def active(self) -> int:
+        return self.values.numel()
+
+    def keys(self) -> torch.Tensor:
+        """Flat positions ``row * dim + column`` of the active values, ascending."""
+        counts = (self.row_offsets[1:] - self.row_offsets[:-1]).long()
+        rows = torch.repeat_interleave(torch.arange(self.num_rows), counts)
+        return rows * self.dim + self.columns.long()
+
+    def held_bytes(self) -> int:
+        """Bytes of the values and their positions (gradients and optimizer state apart)."""
+        return sum(t.numel() * t.element_size() for t in (self.values, self.row_offsets, self.columns))
+
+    def _entries(self, rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For each active entry of ``rows``: its batch position, column and value index."""
+        start = self.row_offsets[rows].long()
+        lengths = self.row_offsets[rows + 1].long() - start
+        owner = torch.repeat_interleave(torch.arange(len(rows)), lengths)
+        first = torch.cumsum(lengths, 0) - lengths
+        index = torch.arange(owner.numel()) - first[owner] + start[owner]
+        return owner, self.columns[index].long(), index
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """The dense ``(*rows.shape, dim)`` rows; with ``keep_lookup_gradient`` set, the
+        looked-up rows keep their gradient for the next :meth:`exchange`."""
+        flat_rows = rows.reshape(-1)
+        owner, columns, index = self._entries(flat_rows)
+        dense = torch.zeros(flat_rows.numel(), self.dim, dtype=self.values.dtype)
+        dense = dense.index_put((owner, columns), self.values.index_select(0, index))
+        if self.keep_lookup_gradient and dense.requires_grad:
+            dense.retain_grad()
+            self.looked_up.append((flat_rows, dense))
+        return dense.view(*rows.shape, self.dim)
+
+    @torch.no_grad()
+    def exchange(self, k: int, optimizers: Iterable[torch.optim.Optimizer], generator: Optional[torch.Generator] = None) -> int:
+        """DSL's prune and grow between a backward pass and the optimizer step, as the mask
+        manager makes them: prune the ``k`` active values of smallest magnitude, grow ``k``
+        entries inactive after it (a pruned one may come back), those of largest gradient
+        in the rows the last batch looked up first, then random ones. Exchanged entries
+        start at zero with fresh optimizer state, and grown ones take their lookup gradient
+        for the step that follows. Returns the number grown."""
+        k = min(k, self.active)
+        if k <= 0:
+            return 0
+        keys = self.keys()
+        kept = torch.ones(self.active, dtype=torch.bool)
+        kept[torch.topk(self.values.abs(), k, largest=False).indices] = False
+        kept_keys = keys[kept]
+        grown, grown_gradient = self._grow(kept_keys, k, generator)
+        new_keys = torch.cat([kept_keys, grown])
+        order = torch.argsort(new_keys)
+        source = torch.cat([kept.nonzero().flatten(), torch.full((k,), -1, dtype=torch.int64)])[order]
+        fresh = source < 0
+
+        def carried(tensor: torch.Tensor, fill: Optional[torch.Tensor] = None) -> torch.Tensor:
+            moved = tensor[source.clamp(min=0)]
+            moved[fresh] = 0 if fill is None else fill.to(moved.dtype)
+            return moved
+
+        self.values.data = carried(self.values.data)
+        if self.values.grad is not None:
+            self.values.grad = carried(self.values.grad, grown_gradient[order[fresh] - kept_keys.numel()])
+        for optimizer in optimizers:
+            state = optimizer.state.get(self.values, {})
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.shape == fresh.shape:
+                    state[name] = carried(value)
+        self._set_layout(new_keys[order])
+        self.looked_up = []
+        return k
+
+    def _grow(self, kept_keys: torch.Tensor, k: int, generator: Optional[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` flat positions to grow, outside ``kept_keys``, and their lookup gradients."""
+        chosen, gradient = torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+        looked_up = [(rows, dense.grad) for rows, dense in self.looked_up if dense.grad is not None]
+        if looked_up:
+            rows, first = torch.unique(torch.cat([rows for rows, _ in looked_up]), return_inverse=True)
+            lookup_gradient = torch.cat([grad for _, grad in looked_up])
+            summed = torch.zeros(len(rows), self.dim, dtype=lookup_gradient.dtype).index_add_(0, first, lookup_gradient).flatten()
+            candidates = (rows.unsqueeze(1) * self.dim + torch.arange(self.dim)).flatten()
+            eligible = ~_contains(kept_keys, candidates) & (summed != 0)
+            candidates, summed = candidates[eligible], summed[eligible]
+            best = torch.topk(summed.abs(), min(k, summed.numel())).indices
+            chosen, gradient = candidates[best], summed[best]
+        while chosen.numel() < k:
+            draw = torch.unique(torch.randint(self.num_rows * self.dim, (2 * (k - chosen.numel()),), generator=generator))
+            draw = draw[~_contains(kept_keys, draw) & ~_contains(torch.sort(chosen).values, draw)]
+            draw = draw[torch.randperm(draw.numel(), generator=generator)][: k - chosen.numel()]
+            chosen, gradient = torch.cat([chosen, draw]), torch.cat([gradient, torch.zeros(draw.numel())])
+        return chosen, gradient
+
+
+def _contains(sorted_keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Whether each query is one of ``sorted_keys``."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(queries, dtype=torch.bool)
+    at = torch.searchsorted(sorted_keys, queries).clamp(max=sorted_keys.numel() - 1)
+    return sorted_keys[at] == queries
