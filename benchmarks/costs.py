@@ -14,17 +14,15 @@ that made them. The table goes to ``benchmarks/results/costs-<dataset>.csv`` and
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from results_files import record_command  # beside this script
+from results_files import record_command, write_csv, write_page  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["LightGCN", "BPR", "NeuMF", "MultiVAE", "SASRec"]
@@ -80,38 +78,26 @@ def table_rows(results: Dict[str, Dict[float, Dict]]) -> List[Dict]:
 
 
 def write_outputs(rows: List[Dict], dataset: str, commands: List[str]) -> None:
-    csv_path = ROOT / "benchmarks" / "results" / f"costs-{dataset}.csv"
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(ROOT / "benchmarks" / "results" / f"costs-{dataset}.csv", COLUMNS, rows)
 
     def ratio(value: Optional[float]) -> str:
         return "-" if value is None else f"{value:.4f}"
 
-    lines = [
-        f"# Cost benchmark on {dataset}",
-        "",
+    description = [
         "Ratios of each run's figure to the dense model's (see [costs.md](costs.md) for what is",
         "counted). MAC and byte ratios are exact counts; the epoch-time ratio divides the mean",
         "training-epoch wall time of the run by that of the dense run (sparsity 0) of the same",
         "benchmark run, on a shared machine, so it carries timing noise.",
-        "",
-        f"Made on a {os.cpu_count()}-core {platform.machine()} machine ({time.strftime('%Y-%m-%d')}) with",
-        "",
-        *[f"    {command}" for command in commands],
-        "",
-        "| model | sparsity | final density | inference MACs | training MACs | bytes (compact) | epoch time |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['model']} | {row['sparsity']} | {row['final_density']:.4f} | {ratio(row['inference_mac_ratio'])} | "
-            f"{ratio(row['train_mac_ratio'])} | {ratio(row['param_byte_ratio'])} | {ratio(row['epoch_time_ratio'])} |"
-        )
-    (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / f"costs-{dataset}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    header = ["model", "sparsity", "final density", "inference MACs", "training MACs", "bytes (compact)", "epoch time"]
+    cells = [
+        [
+            row["model"], str(row["sparsity"]), f"{row['final_density']:.4f}", ratio(row["inference_mac_ratio"]),
+            ratio(row["train_mac_ratio"]), ratio(row["param_byte_ratio"]), ratio(row["epoch_time_ratio"]),
+        ]
+        for row in rows
+    ]
+    write_page(ROOT / "docs" / f"costs-{dataset}.md", f"Cost benchmark on {dataset}", description, commands, header, cells)
 
 
 def main() -> int:

@@ -16,17 +16,15 @@ The table goes to ``benchmarks/results/counting-<dataset>.csv`` and
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from results_files import record_command  # beside this script
+from results_files import record_command, write_csv, write_page  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["BPR", "LightGCN", "MultiVAE"]
@@ -65,31 +63,18 @@ def table_row(model: str, result: Dict) -> Dict:
 
 
 def write_outputs(rows: List[Dict], args: argparse.Namespace, commands: List[str]) -> None:
-    results = ROOT / "benchmarks" / "results" / f"counting-{args.dataset}.csv"
-    with open(results, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        f"# Counting the test pass on {args.dataset}",
-        "",
+    write_csv(ROOT / "benchmarks" / "results" / f"counting-{args.dataset}.csv", COLUMNS, rows)
+    description = [
         "The wall time of counting the MACs of one test pass (`inference_count_seconds`) against",
         f"that of the test pass itself (`test_seconds`, RecBole's default `eval_batch_size` of {RECBOLE_EVAL_BATCH_SIZE}),",
         "measured in the same run after one training epoch, one thread.",
-        "",
-        f"Made on a {os.cpu_count()}-core {platform.machine()} machine ({time.strftime('%Y-%m-%d')}) with",
-        "",
-        *[f"    {command}" for command in commands],
-        "",
-        "| model | test pass (s) | counting (s) | counting / test pass | inference MACs |",
-        "|---|---|---|---|---|",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['model']} | {row['test_seconds']:.2f} | {row['inference_count_seconds']:.2f} | "
-            f"{row['share']:.3f} | {row['inference_macs']:,d} |"
-        )
-    (ROOT / "docs" / f"counting-{args.dataset}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    header = ["model", "test pass (s)", "counting (s)", "counting / test pass", "inference MACs"]
+    cells = [
+        [row["model"], f"{row['test_seconds']:.2f}", f"{row['inference_count_seconds']:.2f}", f"{row['share']:.3f}", f"{row['inference_macs']:,d}"]
+        for row in rows
+    ]
+    write_page(ROOT / "docs" / f"counting-{args.dataset}.md", f"Counting the test pass on {args.dataset}", description, commands, header, cells)
 
 
 def main() -> int:

@@ -15,10 +15,8 @@ and ``docs/epoch-time-<dataset>.md`` with the commands that made it.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from results_files import record_command  # beside this script
+from results_files import record_command, write_csv, write_page  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["BPR", "LightGCN", "NeuMF", "MultiVAE", "SASRec"]
@@ -91,31 +89,21 @@ def table_rows(work_dir: str, sparsity: float) -> List[Dict]:
 
 
 def write_outputs(rows: List[Dict], args: argparse.Namespace, commands: List[str]) -> None:
-    csv_path = ROOT / "benchmarks" / "results" / f"epoch-time-{args.dataset}.csv"
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        f"# Epoch time of DSL against dense on {args.dataset}",
-        "",
+    write_csv(ROOT / "benchmarks" / "results" / f"epoch-time-{args.dataset}.csv", COLUMNS, rows)
+    description = [
         "The mean training-epoch wall time of a sparse run divided by that of a dense run of the",
         "same model, trained one after the other on one thread; the median (and range) over the",
         "pairs. Evaluation and cost counting are not part of an epoch.",
-        "",
-        f"Made on a {os.cpu_count()}-core {platform.machine()} machine ({time.strftime('%Y-%m-%d')}) with",
-        "",
-        *[f"    {command}" for command in commands],
-        "",
-        "| model | method | sparsity | pairs | epoch time / dense (median) | range | dense epoch (s) | sparse epoch (s) |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['model']} | {row['method']} | {row['sparsity']} | {row['pairs']} | {row['ratio_median']:.3f} | "
-            f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f} | {row['dense_epoch_seconds']:.2f} | {row['sparse_epoch_seconds']:.2f} |"
-        )
-    (ROOT / "docs" / f"epoch-time-{args.dataset}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    header = ["model", "method", "sparsity", "pairs", "epoch time / dense (median)", "range", "dense epoch (s)", "sparse epoch (s)"]
+    cells = [
+        [
+            row["model"], row["method"], str(row["sparsity"]), str(row["pairs"]), f"{row['ratio_median']:.3f}",
+            f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f}", f"{row['dense_epoch_seconds']:.2f}", f"{row['sparse_epoch_seconds']:.2f}",
+        ]
+        for row in rows
+    ]
+    write_page(ROOT / "docs" / f"epoch-time-{args.dataset}.md", f"Epoch time of DSL against dense on {args.dataset}", description, commands, header, cells)
 
 
 def main() -> int:

@@ -19,11 +19,9 @@ The table goes to ``benchmarks/results/memory.csv`` and ``docs/memory.md`` with 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -35,6 +33,8 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from results_files import write_csv, write_page  # beside this script
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,19 +132,13 @@ def run_configuration(rows: int, mode: str, args: argparse.Namespace) -> Dict:
     return row
 
 
-def gib(value) -> str:
-    return f"{int(value) / 2**30:.2f}" if value not in ("", None) else "-"
-
-
 def write_tables(rows: List[Dict], commands: List[str], results_dir: Path, docs_dir: Path) -> None:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with open(results_dir / "memory.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        "# Training memory at the sparse budget",
-        "",
+    write_csv(results_dir / "memory.csv", COLUMNS, rows)
+
+    def cell(value, scale: float, form: str) -> str:
+        return "-" if value in ("", None) else form.format(float(value) * scale)
+
+    description = [
         "A BPR embedding table trained on random triples with Adam, dense (`nn.Embedding`) or packed",
         "(`recbole_dsl.sparse.packed.PackedEmbedding`: the active values and their positions, Adam",
         "over the values alone, DSL's prune and grow on the cosine schedule). Training state: the",
@@ -152,25 +146,18 @@ def write_tables(rows: List[Dict], commands: List[str], results_dir: Path, docs_
         "from the tensors; peak RSS: the process's peak resident memory (the Python and torch",
         "runtime included); step time: the mean of the steps without a mask update; update: the",
         "mean time of one prune and grow.",
-        "",
-        f"Made on a {os.cpu_count()}-core {platform.machine()} machine with {machine_memory_bytes() / 2**30:.0f} GiB "
-        f"({time.strftime('%Y-%m-%d')}) with",
-        "",
-        *[f"    {c}" for c in commands],
-        "",
-        "| rows x dim | mode | sparsity | trainable values | training state (GiB) | peak RSS (GiB) | step (ms) | update (s) | note |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        step = f"{float(row['step_seconds']) * 1000:.1f}" if row.get("step_seconds") not in ("", None) else "-"
-        update = f"{float(row['update_seconds']):.1f}" if row.get("update_seconds") not in ("", None) else "-"
-        values = f"{int(row['trainable_values']):,d}" if row.get("trainable_values") not in ("", None) else "-"
-        lines.append(
-            f"| {int(row['rows']):,d} x {row['dim']} | {row['mode']} | {row['sparsity']} | {values} | {gib(row.get('train_state_bytes'))} "
-            f"| {gib(row.get('peak_rss_bytes'))} | {step} | {update} | {row.get('note', '')} |"
-        )
-    docs_dir.mkdir(parents=True, exist_ok=True)
-    (docs_dir / "memory.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    header = ["rows x dim", "mode", "sparsity", "trainable values", "training state (GiB)", "peak RSS (GiB)", "step (ms)", "update (s)", "note"]
+    cells = [
+        [
+            f"{int(row['rows']):,d} x {row['dim']}", row["mode"], str(row["sparsity"]), cell(row.get("trainable_values"), 1, "{:,.0f}"),
+            cell(row.get("train_state_bytes"), 2**-30, "{:.2f}"), cell(row.get("peak_rss_bytes"), 2**-30, "{:.2f}"),
+            cell(row.get("step_seconds"), 1000, "{:.1f}"), cell(row.get("update_seconds"), 1, "{:.1f}"), row.get("note", ""),
+        ]
+        for row in rows
+    ]
+    machine = f" with {machine_memory_bytes() / 2**30:.0f} GiB"
+    write_page(docs_dir / "memory.md", "Training memory at the sparse budget", description, commands, header, cells, machine)
 
 
 def main() -> None:

@@ -1,14 +1,18 @@
-"""The harness's files: CSV rows, file names made from labels, and the commands that
-made a benchmark's runs. Shared by the scripts beside it."""
+"""The harness's files: CSV rows, file names made from labels, the commands that made a
+benchmark's runs, and a benchmark's table as CSV and as a page under docs/. Shared by the
+scripts beside it."""
 
 from __future__ import annotations
 
 import csv
+import os
+import platform
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 # The methods the harness compares (values of ``dsl_method``) in the order of its tables,
 # with the names its report gives them; every one but these two trains at a sparse budget.
@@ -50,3 +54,34 @@ def record_command(script: str, work_dir: str) -> List[str]:
         commands.append(command.strip())
         commands_file.write_text("\n".join(commands) + "\n", encoding="utf-8")
     return commands
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: List[Dict]) -> None:
+    """A benchmark's table as CSV, with exactly ``columns``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_page(
+    path: Path, title: str, description: List[str], commands: List[str], header: List[str], rows: List[List[str]], machine: str = ""
+) -> None:
+    """A benchmark's page: what it measures, the machine and date, the commands that made
+    it and its table (``rows`` of formatted cells under ``header``)."""
+    lines = [
+        f"# {title}",
+        "",
+        *description,
+        "",
+        f"Made on a {os.cpu_count()}-core {platform.machine()} machine{machine} ({time.strftime('%Y-%m-%d')}) with",
+        "",
+        *[f"    {command}" for command in commands],
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(cells) + " |" for cells in rows],
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -74,11 +74,13 @@ class PackedEmbedding(nn.Module):
     def _set_layout(self, keys: torch.Tensor) -> None:
         """Rows and columns from sorted flat keys ``row * dim + column``."""
         rows = keys // self.dim
-        counts = torch.bincount(rows, minlength=self.num_rows)
+        self._set_offsets(torch.bincount(rows, minlength=self.num_rows))
+        self.columns = (keys - rows * self.dim).to(narrowest_index_dtype(self.dim - 1))
+
+    def _set_offsets(self, counts: torch.Tensor) -> None:
         offsets = torch.zeros(self.num_rows + 1, dtype=torch.int64)
         torch.cumsum(counts, 0, out=offsets[1:])
-        self.row_offsets = offsets.to(narrowest_index_dtype(keys.numel()))
-        self.columns = (keys - rows * self.dim).to(narrowest_index_dtype(self.dim - 1))
+        self.row_offsets = offsets.to(narrowest_index_dtype(int(offsets[-1])))
 
     @property
     def active(self) -> int:
@@ -87,8 +89,8 @@ class PackedEmbedding(nn.Module):
     def keys(self) -> torch.Tensor:
         """Flat positions ``row * dim + column`` of the active values, ascending."""
         counts = (self.row_offsets[1:] - self.row_offsets[:-1]).long()
-        rows = torch.repeat_interleave(torch.arange(self.num_rows), counts)
-        return rows * self.dim + self.columns.long()
+        keys = torch.repeat_interleave(torch.arange(self.num_rows), counts)
+        return keys.mul_(self.dim).add_(self.columns)
 
     def held_bytes(self) -> int:
         """Bytes of the values and their positions (gradients and optimizer state apart)."""
@@ -126,30 +128,40 @@ class PackedEmbedding(nn.Module):
         k = min(k, self.active)
         if k <= 0:
             return 0
+        # Kept entries stay in order and grown ones are merged in by binary search: no sort
+        # of the whole layout, so the update needs a few bytes per active value beyond it.
         keys = self.keys()
         kept = torch.ones(self.active, dtype=torch.bool)
         kept[torch.topk(self.values.abs(), k, largest=False).indices] = False
         kept_keys = keys[kept]
+        del keys
         grown, grown_gradient = self._grow(kept_keys, k, generator)
-        new_keys = torch.cat([kept_keys, grown])
-        order = torch.argsort(new_keys)
-        source = torch.cat([kept.nonzero().flatten(), torch.full((k,), -1, dtype=torch.int64)])[order]
-        fresh = source < 0
+        grown, order = torch.sort(grown)
+        grown_gradient = grown_gradient[order]
+        is_grown = torch.zeros(self.active, dtype=torch.bool)
+        is_grown[torch.searchsorted(kept_keys, grown) + torch.arange(k)] = True
+        is_kept = ~is_grown
 
         def carried(tensor: torch.Tensor, fill: Optional[torch.Tensor] = None) -> torch.Tensor:
-            moved = tensor[source.clamp(min=0)]
-            moved[fresh] = 0 if fill is None else fill.to(moved.dtype)
+            moved = torch.empty_like(tensor)
+            moved[is_kept] = tensor[kept]
+            moved[is_grown] = 0 if fill is None else fill.to(moved.dtype)
             return moved
 
         self.values.data = carried(self.values.data)
         if self.values.grad is not None:
-            self.values.grad = carried(self.values.grad, grown_gradient[order[fresh] - kept_keys.numel()])
+            self.values.grad = carried(self.values.grad, grown_gradient)
         for optimizer in optimizers:
             state = optimizer.state.get(self.values, {})
             for name, value in state.items():
-                if torch.is_tensor(value) and value.shape == fresh.shape:
+                if torch.is_tensor(value) and value.shape == is_grown.shape:
                     state[name] = carried(value)
-        self._set_layout(new_keys[order])
+        counts = torch.bincount(kept_keys // self.dim, minlength=self.num_rows) + torch.bincount(grown // self.dim, minlength=self.num_rows)
+        columns = torch.empty_like(self.columns)
+        columns[is_kept] = self.columns[kept]
+        columns[is_grown] = (grown % self.dim).to(columns.dtype)
+        self._set_offsets(counts)
+        self.columns = columns
         self.looked_up = []
         return k
 
