@@ -289,7 +289,7 @@ def _run_processes(
     messages = []
     while not queue.empty():
         messages.append(queue.get())
-    errors = [error for _, error in sorted(((rank, error) for kind, rank, error in messages if kind == "error"), key=lambda pair: pair[0])]
+    errors = [error for kind, _, error in sorted(messages, key=lambda message: message[1]) if kind == "error"]
     results = [message for kind, _, message in messages if kind == "result"]
     if results and all(isinstance(error, DSLInterrupted) for error in errors) and not failure:
         return results[0]  # process 0 wrote its results before the Ctrl-C reached it

@@ -92,10 +92,6 @@ class PackedEmbedding(nn.Module):
         keys = torch.repeat_interleave(torch.arange(self.num_rows), counts)
         return keys.mul_(self.dim).add_(self.columns)
 
-    def held_bytes(self) -> int:
-        """Bytes of the values and their positions (gradients and optimizer state apart)."""
-        return sum(t.numel() * t.element_size() for t in (self.values, self.row_offsets, self.columns))
-
     def _entries(self, rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For each active entry of ``rows``: its batch position, column and value index."""
         start = self.row_offsets[rows].long()
