@@ -70,7 +70,7 @@ def train(args: argparse.Namespace) -> Dict:
         parameters, positions = list(table.parameters()), []
     else:
         active = round((1.0 - args.sparsity) * args.rows * args.dim)
-        table = PackedEmbedding(args.rows, args.dim, active, generator=generator)
+        table = PackedEmbedding.random(args.rows, args.dim, active, generator=generator)
         parameters, positions = [table.values], [table.row_offsets, table.columns]
     optimizer = torch.optim.Adam(parameters, lr=1e-3, fused=True)
     schedule = CosineUpdateSchedule(args.update_interval, args.init_update_ratio, end_iteration=args.steps)

@@ -25,6 +25,8 @@ PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
 DSL_PROPERTIES_FILE = PROPERTIES_DIR / "dsl.yaml"
 DISTRIBUTED_PROPERTIES_FILE = PROPERTIES_DIR / "distributed.yaml"
 DSL_METHODS = tuple(METHODS)
+# The methods whose exploration is made on packed tables (sparse_storage).
+PACKED_METHODS = ("dsl", "rp")
 # The settings that decide how a run sparsifies: reported in its results, and fixed for a
 # resumed run by its checkpoint (they set the masks, their budgets and T_end).
 DSL_SETTINGS = (
@@ -41,6 +43,7 @@ DSL_SETTINGS = (
     "shared_budget",
     "regrown_keep_values",
     "growth_gradient",
+    "sparse_storage",
 )
 RECBOLE_DIR = Path(recbole.__file__).resolve().parent
 # run_recbole_dsl.py's own arguments, which RecBole's command-line reader also sees.
@@ -252,6 +255,13 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
         fail("regrown_keep_values", "True or False")
     if not isinstance(config["fused_optimizer"], bool):
         fail("fused_optimizer", "True or False")
+    if not isinstance(config["sparse_storage"], bool):
+        fail("sparse_storage", "True or False")
+    if config["sparse_storage"] and config["dsl_method"] not in PACKED_METHODS:
+        raise DSLConfigError(
+            f"sparse_storage=True trains dsl_method {' or '.join(PACKED_METHODS)}, not {config['dsl_method']}: "
+            "the other methods' masks are made on dense tables"
+        )
     if config["growth_gradient"] is not None and config["growth_gradient"] not in GROWTH_GRADIENTS:
         fail("growth_gradient", " or ".join(GROWTH_GRADIENTS) + " (or ~ for the method's own)")
     selection = config["sparse_params"]
@@ -266,6 +276,8 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
     if not isinstance(config["cost_batches"], int) or isinstance(config["cost_batches"], bool) or config["cost_batches"] < 1:
         fail("cost_batches", "an integer >= 1")
     _validate_distributed(config)
+    if config["sparse_storage"] and max(config["nproc"], config["world_size"]) > 1:
+        raise DSLConfigError("sparse_storage=True trains in one process: a distributed run keeps its tables dense with masks")
     for key in ("results_file", "resume_file"):
         if config[key] is not None and not isinstance(config[key], str):
             fail(key, "a file path")

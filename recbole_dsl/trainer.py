@@ -166,9 +166,7 @@ class DSLTrainerMixin:
         self.clip_grad_norm = None
 
     def _build_optimizer(self, **kwargs):
-        optimizer = super()._build_optimizer(**kwargs)
-        if self.config["fused_optimizer"]:
-            optimizer = fused_optimizer(optimizer)
+        # The masks come first: with sparse_storage the optimizer steps the packed values.
         if not hasattr(self, "mask_manager"):
             self._last_valid_result = None
             self.epoch_seconds: List[float] = []
@@ -178,6 +176,9 @@ class DSLTrainerMixin:
             self.dense_iterations = 0
             self._pruned = False
             self.mask_manager = self._create_mask_manager()
+        optimizer = super()._build_optimizer(**kwargs)
+        if self.config["fused_optimizer"]:
+            optimizer = fused_optimizer(optimizer)
         if self.config["clip_grad_norm"]:
             optimizer.register_step_pre_hook(self._clip_gradients)
         optimizer.register_step_post_hook(self._count_step)
@@ -230,9 +231,26 @@ class DSLTrainerMixin:
             )
         except ValueError as e:
             raise DSLConfigError(f"dsl_method={method.name} cannot sparsify {config['model']}: {e}") from None
+        if config["sparse_storage"]:
+            self._pack_embeddings(manager)
         clear_cached_embeddings(self.model)
         self._log_selection(manager)
         return manager
+
+    def _pack_embeddings(self, manager: MaskManager) -> None:
+        """``sparse_storage``: every sparsified ``nn.Embedding`` table is held as its active
+        values and their positions while it trains; other tensors keep their masks."""
+        for name in manager.names:
+            module_name, _, attribute = name.rpartition(".")
+            if attribute == "weight" and isinstance(self.model.get_submodule(module_name), nn.Embedding):
+                try:
+                    manager.pack(name)
+                except ValueError as e:
+                    raise DSLConfigError(f"sparse_storage=True cannot train {self.config['model']}: {e}") from None
+        if not manager.packed_names:
+            raise DSLConfigError(
+                f"sparse_storage=True cannot train {self.config['model']}: none of its sparsified tensors is an nn.Embedding table"
+            )
 
     def _log_selection(self, manager: MaskManager) -> None:
         config = self.config
@@ -258,6 +276,8 @@ class DSLTrainerMixin:
             prefix = [n for n in manager.names if manager.structures[n] == "prefix"]
             if prefix:
                 mode += f"; variable-length rows (prefix masks) in {', '.join(prefix)}"
+        if manager.packed_names:
+            mode += f"; held as active values and positions (sparse_storage): {', '.join(manager.packed_names)}"
         budget = "one budget shared by all tensors" if config["shared_budget"] else "a budget per tensor"
         lines = [
             set_color("DSL", "pink")
@@ -322,6 +342,14 @@ class DSLTrainerMixin:
         if isinstance(stage, str) and "pretrain" in stage and hasattr(self, "pretrain_epochs"):
             return self.pretrain_epochs
         return self.epochs
+
+    def fit(self, *args, **kwargs):
+        result = super().fit(*args, **kwargs)
+        # What training held between steps, read before packed tables turn back into masked
+        # ones: the test and the cost counts then see the model a masked run has.
+        self.train_state = self.mask_manager.train_state_bytes()
+        self.mask_manager.unpack()
+        return result
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         # T_end counts optimizer iterations: estimated from the batches per epoch (times
@@ -473,8 +501,9 @@ class DSLTrainerMixin:
                 f"checkpoint {checkpoint_file} was trained with dsl_method={method}, not {self.config['dsl_method']}"
             )
         try:
-            self.model.load_state_dict(checkpoint["state_dict"])
+            # Masks first: a packed table takes its values from the weight at its mask.
             self.mask_manager.load_state_dict(checkpoint["sparsity"], masks_only=not training_state)
+            self.model.load_state_dict(checkpoint["state_dict"])
         except (RuntimeError, KeyError, ValueError) as e:
             reason = str(e).strip().splitlines()[0]
             raise DSLCheckpointError(f"checkpoint {checkpoint_file} does not fit this model: {reason}") from None

@@ -15,6 +15,7 @@ import torch
 from recbole.model.abstract_recommender import AbstractRecommender
 
 from recbole_dsl.costs.compact import load_compact
+from recbole_dsl.errors import DSLConfigError
 from recbole_dsl.quick_start import run_recbole_dsl
 from recbole_dsl.sparse import round_budget
 
@@ -142,3 +143,38 @@ def test_model_trains_with_dsl(model, tiny_data_path, tmp_path, caplog):
     assert compact.keys() == checkpoint["state_dict"].keys()
     assert all(torch.equal(compact[name], tensor.cpu()) for name, tensor in checkpoint["state_dict"].items())
 
+
+# Models whose sparsified tensors hold no nn.Embedding table: sparse_storage refuses them.
+PACKED_REFUSED = {
+    model: "none of its sparsified tensors is an nn.Embedding table"
+    for model in ("DMF", "DiffRec", "GCMC", "LDiffRec", "MultiDAE", "MultiVAE", "RaCT", "RecVAE")
+}
+
+PACKED_MODELS = [m for m in builtin_models(general) + builtin_models(sequential) if m not in NON_PARAMETRIC]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", params(PACKED_MODELS))
+def test_model_trains_with_packed_tables(model, tiny_data_path, tmp_path, caplog):
+    """sparse_storage: the embedding tables train as values and positions, or the model is
+    refused in one line before training."""
+    if model in NEEDS:
+        pytest.importorskip(NEEDS[model], reason=f"{model} needs {NEEDS[model]}")
+    config = {
+        **TINY, **OVERRIDES.get(model, {}), "dsl_method": "dsl", "sparse_storage": True,
+        "data_path": tiny_data_path, "checkpoint_dir": str(tmp_path / "saved"),
+    }
+    if model in PACKED_REFUSED:
+        with pytest.raises(DSLConfigError, match=PACKED_REFUSED[model]) as refused:
+            run_recbole_dsl(model=model, dataset="tiny", config_dict=config)
+        assert "\n" not in str(refused.value)
+        return
+    with caplog.at_level(logging.INFO):
+        result = run_recbole_dsl(model=model, dataset="tiny", config_dict=config)
+    assert "held as active values and positions (sparse_storage): " in caplog.text
+    assert result["test_result"] and all(math.isfinite(v) for v in result["test_result"].values())
+    for name, entry in result["sparsified"].items():
+        assert entry["nnz"] == round_budget(1 - SPARSITY, entry["numel"]), name
+    checkpoint = torch.load(result["checkpoint"], weights_only=True)
+    for name, mask in checkpoint["sparsity"]["masks"].items():
+        assert torch.all(checkpoint["state_dict"][name][~mask] == 0), f"{name} has non-zero pruned weights"

@@ -86,6 +86,11 @@ def test_dense_baseline_same_pipeline(tmp_path):
         ("--dataset=no-such-dataset", "dataset [no-such-dataset] not found"),
         ("--config_files=missing.yaml", "config file missing.yaml does not exist"),
         ("--resume_file=missing.pth", "checkpoint missing.pth does not exist"),
+        ("--sparse_storage=yes", "invalid sparse_storage='yes': expected True or False"),
+        ("--sparse_storage=True", "sparse_storage=True trains dsl_method dsl or rp, not dsl_mixed"),
+        ("--sparse_storage=True --dsl_method=dsl --nproc=2", "sparse_storage=True trains in one process"),
+        ("--model=MultiVAE --sparse_storage=True --dsl_method=dsl", "sparse_storage=True cannot train MultiVAE: none of its sparsified tensors is an nn.Embedding table"),
+        ("--sparse_storage=True --dsl_method=dsl --growth_gradient=interval", "sparse_storage=True cannot train BPR: user_embedding.weight cannot be packed: growth ranks the interval's gradient"),
     ],
 )
 def test_bad_input_is_one_line(arg, message, monkeypatch, capsys):

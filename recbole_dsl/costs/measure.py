@@ -148,20 +148,9 @@ def storage_bytes(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Dict[s
 
 
 def train_state_bytes(trainer: DSLTrainerMixin) -> Dict[str, int]:
-    """Bytes held between training steps for the sparsified tensors, read from the tensors:
-    the weights, their gradients (one of the weight's size is made every step), every
-    optimizer's state for them, and what the masks add; ``_dense``: the same without the
-    masks, as a dense run holds them."""
-    manager, held, dense = trainer.mask_manager, 0, 0
-    masks_held = manager.held_bytes()
-    for name in manager.names:
-        param = manager.param(name)
-        state = [value for optimizer in trainer.mask_manager.optimizers for value in optimizer.state.get(param, {}).values()]
-        tensors = [param, param.grad if param.grad is not None else param] + [v for v in state if torch.is_tensor(v)]
-        size = sum(t.numel() * t.element_size() for t in tensors)
-        dense += size
-        held += size + masks_held[name]
-    return {"train_state_bytes": held, "train_state_bytes_dense": dense}
+    """What the sparsified tensors held between training steps
+    (:meth:`~recbole_dsl.sparse.MaskManager.train_state_bytes`), as read when training ended."""
+    return getattr(trainer, "train_state", None) or trainer.mask_manager.train_state_bytes()
 
 
 def peak_memory_bytes() -> int:

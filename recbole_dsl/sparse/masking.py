@@ -21,7 +21,8 @@ from recbole_dsl.sparse import optimizer_state
 from recbole_dsl.sparse.budgets import layer_densities, round_budget
 from recbole_dsl.sparse.prune_grow import GROWTH_RULES, grow, prune, uniform_prefix_mask
 from recbole_dsl.sparse.schedule import CosineUpdateSchedule
-from recbole_dsl.sparse.storage import DenseMaskedStorage
+from recbole_dsl.sparse.packed import PackedEmbedding
+from recbole_dsl.sparse.storage import DenseMaskedStorage, MaskedStorage, PackedStorage
 
 GROWTH_MODES = tuple(GROWTH_RULES)
 GROWTH_GRADIENTS = ("batch", "interval")
@@ -72,6 +73,10 @@ class MaskManager:
     current batch's gradient (``growth_gradient="batch"``, as published) or the gradient
     summed over every iteration since the previous update (``"interval"``), which sees
     every embedding row the interval's batches touched rather than one batch's.
+
+    :meth:`pack` holds an ``nn.Embedding``'s weight as a
+    :class:`~recbole_dsl.sparse.packed.PackedEmbedding` (its active values and their
+    positions) for the rest of training, and :meth:`unpack` turns it back.
     """
 
     def __init__(
@@ -116,6 +121,9 @@ class MaskManager:
         # With a budget shared across optimizers: each tensor's gradient as of its own
         # optimizer's last step, since other optimizers never zero it.
         self._last_step_gradient: Dict[str, torch.Tensor] = {}
+        self._dense_start = dense_start
+        # Packed tensors: the name of the module that holds each (see pack()).
+        self._packed: Dict[str, str] = {}
 
         params = {name: self.param(name) for name in self.names}
         prefix_names = set(prefix_names)
@@ -131,7 +139,7 @@ class MaskManager:
         self.groups: List[List[str]] = [self.names] if shared_budget else [[n] for n in self.names]
         for names in self.groups:
             self._group_structure(names)
-        self.storage: Dict[str, DenseMaskedStorage] = {}
+        self.storage: Dict[str, MaskedStorage] = {}
         for name, p in params.items():
             if dense_start:
                 mask = torch.ones_like(p, dtype=torch.bool)
@@ -146,7 +154,18 @@ class MaskManager:
 
     # ------------------------------------------------------------------ queries
     def param(self, name: str) -> nn.Parameter:
+        """The trained tensor of ``name``: the weight itself, or a packed table's values."""
+        if name in self._packed:
+            return self._table(name).values
         return self.module.get_parameter(name)
+
+    def _table(self, name: str) -> PackedEmbedding:
+        return self.module.get_submodule(self._packed[name])
+
+    @property
+    def packed_names(self) -> List[str]:
+        """The sparsified tensors held packed (:meth:`pack`)."""
+        return list(self._packed)
 
     @property
     def masks(self) -> Mapping[str, torch.Tensor]:
@@ -184,6 +203,22 @@ class MaskManager:
             held[name] = self.storage[name].held_bytes() + sum(t.numel() * t.element_size() for t in gradients if t is not None)
         return held
 
+    def train_state_bytes(self) -> Dict[str, int]:
+        """Bytes held between training steps for the sparsified tensors, read from the
+        tensors: each trained tensor (the weight, or a packed table's values), its gradient
+        (one of its size is made every step), every attached optimizer's state for it and
+        what its storage and this manager add; ``_dense``: the same tensors at full size
+        and without masks, as a dense run holds them."""
+        held, dense = 0, 0
+        extra, numel = self.held_bytes(), self.numel()
+        for name in self.names:
+            param = self.param(name)
+            state = [v for optimizer in self._optimizers for v in optimizer.state.get(param, {}).values() if torch.is_tensor(v)]
+            tensors = [param, param.grad if param.grad is not None else param, *state]
+            held += sum(t.numel() * t.element_size() for t in tensors) + extra[name]
+            dense += sum((numel[name] if t.shape == param.shape else t.numel()) * t.element_size() for t in tensors)
+        return {"train_state_bytes": held, "train_state_bytes_dense": dense}
+
     def overall_density(self) -> float:
         return sum(self.nnz().values()) / sum(self.numel().values())
 
@@ -201,6 +236,8 @@ class MaskManager:
         masks: the norm of the active entries. Returns the norm."""
         masks = {}
         for name in self.names:
+            if name in self._packed:
+                continue  # a packed table holds active entries only
             param = self.param(name)
             masks[id(param)] = self.storage[name].multiplier(param.dtype)
         return optimizer_state.clip_grad_norm_(parameters, masks, max_norm, norm_type, **kwargs)
@@ -281,6 +318,59 @@ class MaskManager:
     def _post_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
         for name in self._owned_names(optimizer):
             self.storage[name].zero_inactive(self.param(name))
+        self._prepare_lookups()
+
+    def _prepare_lookups(self) -> None:
+        """Packed tables keep their lookups' gradients for the next step only when it
+        updates the masks: growth ranks them, and no other step needs them."""
+        updates = self.schedule.is_update_iteration(self.iteration + 1)
+        for name in self._packed:
+            table = self._table(name)
+            table.looked_up = []
+            table.keep_lookup_gradient = updates
+
+    # ------------------------------------------------------------------ packed storage
+    def pack(self, name: str) -> None:
+        """Hold ``name``, the weight of an ``nn.Embedding``, as its active values and their
+        positions from now on: the model's module is replaced by a
+        :class:`~recbole_dsl.sparse.packed.PackedEmbedding` and optimizers built afterwards
+        step the values alone. Only DSL's own exploration is made on that layout (magnitude
+        pruning, growth by the batch's gradient, a budget per tensor, unstructured masks);
+        anything else raises ValueError."""
+        if self._optimizers:
+            raise ValueError("tables are packed before any optimizer is attached")
+        module_name, _, attribute = name.rpartition(".")
+        module = self.module.get_submodule(module_name) if attribute == "weight" else None
+        reasons = {
+            "it is not the weight of an nn.Embedding": type(module) is not nn.Embedding,
+            "the embedding has sparse gradients, max_norm or scale_grad_by_freq": type(module) is nn.Embedding
+            and (module.sparse or module.max_norm is not None or module.scale_grad_by_freq),
+            "its mask is prefix-structured": self.structures.get(name) != "unstructured",
+            "growth is not by gradient": self.growth != "gradient",
+            "growth ranks the interval's gradient": self.growth_gradient != "batch",
+            "its budget is shared with other tensors": any(name in g and len(g) > 1 for g in self.groups),
+            "grown weights start at random values": self.grown_init_scale > 0,
+            "regrown entries keep their values": self.regrown_keep_values,
+            "it trains dense first": self._dense_start,
+        }
+        failed = [reason for reason, fails in reasons.items() if fails]
+        if failed:
+            raise ValueError(f"{name} cannot be packed: {failed[0]}")
+        table = PackedEmbedding.from_dense(module.weight, self.storage[name].mask, module.padding_idx)
+        self.module.set_submodule(module_name, table)
+        self._packed[name] = module_name
+        self.storage[name] = PackedStorage(table)
+        self._prepare_lookups()
+
+    def unpack(self) -> None:
+        """Every packed table back to an ``nn.Embedding`` holding it dense with its mask (to
+        evaluate or count a trained model as a masked one); optimizers stop stepping it."""
+        for name, module_name in self._packed.items():
+            table = self._table(name)
+            self.storage[name] = DenseMaskedStorage(table.mask())
+            self.module.set_submodule(module_name, table.to_embedding())
+        self._packed.clear()
+        self._owned.clear()
 
     # ------------------------------------------------------------------ exploration
     @torch.no_grad()
@@ -334,6 +424,11 @@ class MaskManager:
     def _update_group(self, names: List[str], update_ratio: float, stepping: Optional[List[str]] = None) -> int:
         """Prune and grow one group; ``stepping``: the tensors of the optimizer whose step
         makes the update (None: every tensor's ``.grad`` is current)."""
+        if names[0] in self._packed:
+            table = self._table(names[0])
+            if table.active in (0, table.num_rows * table.dim):
+                return 0
+            return table.exchange(math.ceil(update_ratio * table.active), self._optimizers, self._generator)
         params = [self.param(n) for n in names]
         structure = self._group_structure(names)
         mask = self._stacked([self.storage[n].mask for n in names], structure).clone()  # the new mask
@@ -429,3 +524,4 @@ class MaskManager:
         self._generator.set_state(state["generator"])
         self._accumulated = {n: g.to(self.storage[n].mask.device) for n, g in state.get("accumulated", {}).items()}
         self.apply_masks()
+        self._prepare_lookups()

@@ -2,7 +2,8 @@
 
 The manager decides which entries are active; a storage keeps that decision and keeps the
 inactive entries of the tensor at zero. :class:`MaskedStorage` is the interface the
-manager uses; :class:`DenseMaskedStorage` holds the tensor dense with a boolean mask.
+manager uses; :class:`DenseMaskedStorage` holds the tensor dense with a boolean mask, and
+:class:`PackedStorage` an embedding table as its active values and their positions.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Optional, Protocol
 
 import torch
+
+from recbole_dsl.sparse.packed import PackedEmbedding
 
 
 class MaskedStorage(Protocol):
@@ -53,3 +56,25 @@ class DenseMaskedStorage:
         if self._multiplier is not None:
             held += self._multiplier.numel() * self._multiplier.element_size()
         return held
+
+
+class PackedStorage:
+    """The tensor is a :class:`~recbole_dsl.sparse.packed.PackedEmbedding`: only the active
+    entries exist, so there is nothing inactive to zero, and the mask is built from the
+    layout when asked for."""
+
+    def __init__(self, table: PackedEmbedding) -> None:
+        self.table = table
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.table.mask()
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        self.table.set_mask(mask)
+
+    def zero_inactive(self, weight: torch.Tensor) -> None:
+        pass
+
+    def held_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.table.row_offsets, self.table.columns))
