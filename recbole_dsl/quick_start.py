@@ -441,7 +441,9 @@ def _run(config: DSLConfig, saved: bool, callback_fn: Optional[Callable[[int, fl
 def _init_logger(config: DSLConfig) -> None:
     """RecBole's logger. RecBole names the log file by the time to the second and a hash of
     the settings' values, which two identical runs started together share; a value of this
-    run's own joins the hash."""
+    run's own joins the hash. RecBole's ensure_dir checks, then creates: the processes of a
+    distributed run race for ``./log/<model>``, so it is made here first."""
+    os.makedirs(os.path.join("log", config["model"]), exist_ok=True)
     config.final_config_dict["log_id"] = f"{os.getpid()}-{time.time_ns()}"
     try:
         init_logger(config)

@@ -13,7 +13,7 @@ import torch
 import run_recbole_dsl
 from recbole_dsl import trainer as trainer_module
 from recbole_dsl.config import check_known_keys, known_keys
-from recbole_dsl.quick_start import load_config, write_results
+from recbole_dsl.quick_start import _init_logger, load_config, write_results
 from recbole_dsl.trainer import unique_checkpoint_name
 from recbole_dsl.errors import DSLConfigError
 
@@ -97,6 +97,19 @@ def test_checkpoint_names_are_the_runs_own(tmp_path):
     assert first != second and str(os.getpid()) in first
     Path(first).write_bytes(b"x")
     assert unique_checkpoint_name(base) not in (first, second)
+
+
+def test_a_process_that_loses_the_race_for_the_log_folder_still_logs(monkeypatch, tmp_path):
+    # RecBole's ensure_dir checks, then creates: the other process of a distributed run may
+    # create the folder in between, and then this one's makedirs fails.
+    def racy_ensure_dir(path):
+        if not os.path.exists(path):
+            os.makedirs(path)  # the other process, first
+            os.makedirs(path)
+    monkeypatch.setattr("recbole.utils.logger.ensure_dir", racy_ensure_dir)
+    config = load_config("BPR", "ml-100k", config_dict={"show_progress": False})
+    _init_logger(config)
+    assert (tmp_path / "log" / "BPR").is_dir()
 
 
 @pytest.mark.slow
