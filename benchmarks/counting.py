@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from results_files import record_command, write_csv, write_page  # beside this script
+from results_files import merge_rows, record_command, write_csv, write_page  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["BPR", "LightGCN", "MultiVAE"]
@@ -63,7 +63,9 @@ def table_row(model: str, result: Dict) -> Dict:
 
 
 def write_outputs(rows: List[Dict], args: argparse.Namespace, commands: List[str]) -> None:
-    write_csv(ROOT / "benchmarks" / "results" / f"counting-{args.dataset}.csv", COLUMNS, rows)
+    table = ROOT / "benchmarks" / "results" / f"counting-{args.dataset}.csv"
+    rows = merge_rows(table, rows, ("model",), MODELS)
+    write_csv(table, COLUMNS, rows)
     description = [
         "The wall time of counting the MACs of one test pass (`inference_count_seconds`) against",
         f"that of the test pass itself (`test_seconds`, RecBole's default `eval_batch_size` of {RECBOLE_EVAL_BATCH_SIZE}),",
@@ -71,7 +73,10 @@ def write_outputs(rows: List[Dict], args: argparse.Namespace, commands: List[str
     ]
     header = ["model", "test pass (s)", "counting (s)", "counting / test pass", "inference MACs"]
     cells = [
-        [row["model"], f"{row['test_seconds']:.2f}", f"{row['inference_count_seconds']:.2f}", f"{row['share']:.3f}", f"{row['inference_macs']:,d}"]
+        [
+            row["model"], f"{float(row['test_seconds']):.2f}", f"{float(row['inference_count_seconds']):.2f}",
+            f"{float(row['share']):.3f}", f"{int(row['inference_macs']):,d}",
+        ]
         for row in rows
     ]
     write_page(ROOT / "docs" / f"counting-{args.dataset}.md", f"Counting the test pass on {args.dataset}", description, commands, header, cells)
@@ -87,13 +92,12 @@ def main() -> int:
     args.data_path = str(Path(args.data_path).resolve()) if args.data_path else None
     args.work_dir = str(Path(args.work_dir or ROOT / "benchmarks" / "runs" / f"counting-{args.dataset}").resolve())
     os.makedirs(args.work_dir, exist_ok=True)
-    commands = record_command("counting.py", args.work_dir)
+    commands = record_command("counting.py", args.work_dir, ROOT / "docs" / f"counting-{args.dataset}.md")
     for model in args.models:
         run_one(model, args)
         # Every model measured in this folder, also by earlier invocations.
         found = {path.stem: json.loads(path.read_text()) for path in Path(args.work_dir).glob("*.json")}
-        order = [m for m in MODELS if m in found] + sorted(set(found) - set(MODELS))
-        write_outputs([table_row(m, found[m]) for m in order], args, commands)
+        write_outputs([table_row(m, result) for m, result in found.items()], args, commands)
     return 0
 
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from results_files import record_command, write_csv, write_page  # beside this script
+from results_files import merge_rows, record_command, write_csv, write_page  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["BPR", "LightGCN", "NeuMF", "MultiVAE", "SASRec"]
@@ -89,7 +89,9 @@ def table_rows(work_dir: str, sparsity: float) -> List[Dict]:
 
 
 def write_outputs(rows: List[Dict], args: argparse.Namespace, commands: List[str]) -> None:
-    write_csv(ROOT / "benchmarks" / "results" / f"epoch-time-{args.dataset}.csv", COLUMNS, rows)
+    table = ROOT / "benchmarks" / "results" / f"epoch-time-{args.dataset}.csv"
+    rows = merge_rows(table, rows, ("model", "sparsity"), MODELS)
+    write_csv(table, COLUMNS, rows)
     description = [
         "The mean training-epoch wall time of a sparse run divided by that of a dense run of the",
         "same model, trained one after the other on one thread; the median (and range) over the",
@@ -98,8 +100,9 @@ def write_outputs(rows: List[Dict], args: argparse.Namespace, commands: List[str
     header = ["model", "method", "sparsity", "pairs", "epoch time / dense (median)", "range", "dense epoch (s)", "sparse epoch (s)"]
     cells = [
         [
-            row["model"], row["method"], str(row["sparsity"]), str(row["pairs"]), f"{row['ratio_median']:.3f}",
-            f"{row['ratio_min']:.3f}-{row['ratio_max']:.3f}", f"{row['dense_epoch_seconds']:.2f}", f"{row['sparse_epoch_seconds']:.2f}",
+            row["model"], row["method"], str(row["sparsity"]), str(row["pairs"]), f"{float(row['ratio_median']):.3f}",
+            f"{float(row['ratio_min']):.3f}-{float(row['ratio_max']):.3f}", f"{float(row['dense_epoch_seconds']):.2f}",
+            f"{float(row['sparse_epoch_seconds']):.2f}",
         ]
         for row in rows
     ]
@@ -119,7 +122,7 @@ def main() -> int:
     args.data_path = str(Path(args.data_path).resolve()) if args.data_path else None
     args.work_dir = str(Path(args.work_dir or ROOT / "benchmarks" / "runs" / f"epoch-time-{args.dataset}").resolve())
     os.makedirs(args.work_dir, exist_ok=True)
-    commands = record_command("epoch_time.py", args.work_dir)
+    commands = record_command("epoch_time.py", args.work_dir, ROOT / "docs" / f"epoch-time-{args.dataset}.md")
     for model in args.models:
         for repeat in range(args.repeats):
             for sparsity in (0.0, args.sparsity):

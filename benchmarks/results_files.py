@@ -12,7 +12,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 # The methods the harness compares (values of ``dsl_method``) in the order of its tables,
 # with the names its report gives them; every one but these two trains at a sparse budget.
@@ -27,6 +27,7 @@ METHOD_NAMES = {
     "dsl_mixed": "DSL, variable-length rows, interval growth",
     "dsl_erk": "dsl_mixed, ERK budgets",
     "dsl_interval": "DSL, interval growth",
+    "dsl_momentum": "DSL, variable-length rows, momentum growth",
 }
 DENSE_METHODS = ("dense", "dense_small")
 
@@ -44,16 +45,31 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")
 
 
-def record_command(script: str, work_dir: str) -> List[str]:
+def record_command(script: str, work_dir: str, page: Optional[Path] = None) -> List[str]:
     """Add this invocation of ``benchmarks/<script>`` to ``<work_dir>/commands.txt``; returns
-    every command that made the runs kept there, for the table to list."""
+    every command that made the runs kept there, after those listed on the committed
+    ``page`` (whose rows :func:`merge_rows` keeps), for the table to list."""
     command = f"python benchmarks/{script} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     commands_file = Path(work_dir) / "commands.txt"
     commands = commands_file.read_text(encoding="utf-8").splitlines() if commands_file.exists() else []
     if command.strip() not in commands:
         commands.append(command.strip())
         commands_file.write_text("\n".join(commands) + "\n", encoding="utf-8")
-    return commands
+    listed = []
+    if page is not None and page.is_file():
+        prefix = "    python benchmarks/"
+        listed = [line.strip() for line in page.read_text(encoding="utf-8").splitlines() if line.startswith(prefix)]
+    return list(dict.fromkeys(listed + commands))
+
+
+def merge_rows(path: Path, rows: List[Dict], key: Sequence[str], order: Sequence[str]) -> List[Dict]:
+    """The committed table at ``path`` with ``rows`` in place of the rows of the same ``key``
+    columns, sorted by ``order`` of their first key: a run of some models keeps the rows
+    of the others, made by earlier runs on other machines. Kept rows are strings."""
+    measured = {tuple(str(row[k]) for k in key) for row in rows}
+    kept = [row for row in read_rows(path) if tuple(row[k] for k in key) not in measured]
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(kept + rows, key=lambda row: (rank.get(row[key[0]], len(rank)), *(str(row[k]) for k in key[1:])))
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: List[Dict]) -> None:

@@ -263,7 +263,7 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
             "the other methods' masks are made on dense tables"
         )
     if config["growth_gradient"] is not None and config["growth_gradient"] not in GROWTH_GRADIENTS:
-        fail("growth_gradient", " or ".join(GROWTH_GRADIENTS) + " (or ~ for the method's own)")
+        fail("growth_gradient", ", ".join(GROWTH_GRADIENTS[:-1]) + f" or {GROWTH_GRADIENTS[-1]} (or ~ for the method's own)")
     selection = config["sparse_params"]
     if isinstance(selection, (list, tuple)) and selection and all(isinstance(p, str) for p in selection):
         for pattern in selection:

@@ -24,7 +24,7 @@ class Method:
     embedding_structure: str = "unstructured"  # or prefix: embedding rows of variable length
     grown_init_scale: float = 0.0  # grown weights start at zero, or random at this fraction of the active RMS
     scales_model: bool = False  # a smaller dense model with as many parameters as the budget (dense_small)
-    growth_gradient: str = "batch"  # growth ranks the current batch's gradient, or the interval's sum
+    growth_gradient: str = "batch"  # growth ranks the current batch's gradient, the interval's sum, or the optimizer's momentum
     distribution: str = "uniform"  # the budget per tensor: the same density everywhere, or ERK
 
     @property
@@ -78,6 +78,15 @@ METHODS: Dict[str, Method] = {
             grown_init_scale=0.1,
             growth_gradient="interval",
             distribution="erk",
+        ),
+        Method(
+            "dsl_momentum",
+            "dsl_mixed growing where the optimizer's running average of the gradient (Adam's first moment) is "
+            "largest: the recent batches without a buffer of its own",
+            explores=True,
+            embedding_structure="prefix",
+            grown_init_scale=0.1,
+            growth_gradient="momentum",
         ),
     )
 }

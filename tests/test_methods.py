@@ -84,7 +84,7 @@ def test_method_settings_are_checked(tiny_data_path):
         config(dsl_method="dense", sparsity=0.5)
     with pytest.raises(DSLConfigError, match=r"invalid update_interval=0: .*use dsl_method=rp"):
         config(update_interval=0)
-    with pytest.raises(DSLConfigError, match=r"invalid dsl_method='RigL': expected dsl, set, rp, mp, dense, dense_small, dsl_interval, dsl_prefix, dsl_mixed or dsl_erk"):
+    with pytest.raises(DSLConfigError, match=r"invalid dsl_method='RigL': expected dsl, set, rp, mp, dense, dense_small, dsl_interval, dsl_prefix, dsl_mixed, dsl_erk or dsl_momentum"):
         config(dsl_method="RigL")
     with pytest.raises(DSLConfigError, match=r"invalid prune_epoch_fraction=0"):
         config(dsl_method="mp", prune_epoch_fraction=0)

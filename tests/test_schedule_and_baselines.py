@@ -158,13 +158,14 @@ def test_switches_are_checked(tiny_data_path, key, value):
 def test_growth_gradient_is_checked(tiny_data_path):
     from recbole_dsl.errors import DSLConfigError
 
-    with pytest.raises(DSLConfigError, match=r"invalid growth_gradient='epoch': expected batch or interval \(or ~ for the method's own\)"):
+    with pytest.raises(DSLConfigError, match=r"invalid growth_gradient='epoch': expected batch, interval or momentum \(or ~ for the method's own\)"):
         load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, "growth_gradient": "epoch"})
 
 
 @pytest.mark.parametrize("method, setting, expected", [
     ("dsl", None, "batch"), ("dsl_prefix", None, "batch"), ("dsl_mixed", None, "interval"),
     ("dsl", "interval", "interval"), ("dsl_mixed", "batch", "batch"), ("dsl_interval", None, "interval"),
+    ("dsl_momentum", None, "momentum"), ("dsl", "momentum", "momentum"),
 ])
 def test_growth_gradient_is_the_methods_unless_set(tiny_data_path, tmp_path, method, setting, expected):
     overrides = {"growth_gradient": setting} if setting else {}

@@ -365,6 +365,45 @@ def test_interval_growth_ranks_the_gradient_summed_since_the_last_update(growth_
         MaskManager(model, ["w"], 0.5, schedule(), growth_gradient="epoch")
 
 
+@pytest.mark.parametrize("optimizer_class, kwargs", [(torch.optim.Adam, {}), (torch.optim.SGD, {"momentum": 0.9})])
+def test_momentum_growth_ranks_the_optimizers_running_average(optimizer_class, kwargs):
+    # Entry 2 had a large gradient two steps before the update, entry 3 a small one at it:
+    # the batch's gradient grows 3, the optimizer's first moment remembers 2.
+    model = nn.Module()
+    model.w = nn.Parameter(torch.zeros(1, 4))
+    manager = MaskManager(model, ["w"], 0.5, schedule(update_interval=3, init_update_ratio=0.5, end_iteration=6),
+                          growth_gradient="momentum")
+    manager.set_mask("w", torch.tensor([[True, True, False, False]]))
+    with torch.no_grad():
+        model.w.copy_(torch.tensor([[0.9, 0.1, 0.0, 0.0]]))
+    optimizer = optimizer_class(model.parameters(), lr=1e-6, **kwargs)
+    manager.attach(optimizer)
+    for gradient in ([0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]):
+        model.w.grad = torch.tensor([gradient])
+        optimizer.step()
+    assert manager.masks["w"].tolist()[0] == [True, False, True, False]
+    assert manager._accumulated == {}  # no buffer of the manager's own
+    state = optimizer.state[model.w]
+    moment = state["exp_avg"] if "exp_avg" in state else state["momentum_buffer"]
+    assert moment[0, 2] == 0 and moment[0, 1] == 0  # the grown and the pruned entry start afresh
+
+
+def test_momentum_growth_falls_back_to_the_batch_gradient():
+    model = nn.Module()
+    model.w = nn.Parameter(torch.zeros(1, 4))
+    manager = MaskManager(model, ["w"], 0.5, schedule(update_interval=2, init_update_ratio=0.5, end_iteration=4),
+                          growth_gradient="momentum")
+    manager.set_mask("w", torch.tensor([[True, True, False, False]]))
+    with torch.no_grad():
+        model.w.copy_(torch.tensor([[0.9, 0.1, 0.0, 0.0]]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no momentum: no running average
+    manager.attach(optimizer)
+    for gradient in ([0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 1.0]):
+        model.w.grad = torch.tensor([gradient])
+        optimizer.step()
+    assert manager.masks["w"].tolist()[0] == [True, False, False, True]
+
+
 def test_shared_budget_across_optimizers_ranks_each_tensors_own_last_gradient(monkeypatch):
     # Two optimizers (as RecVAE's encoder and decoder): an update fired by one must not rank
     # the other's tensors by a .grad that only the other optimizer zeroes.

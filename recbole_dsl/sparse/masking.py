@@ -25,7 +25,7 @@ from recbole_dsl.sparse.packed import PackedEmbedding
 from recbole_dsl.sparse.storage import DenseMaskedStorage, MaskedStorage, PackedStorage
 
 GROWTH_MODES = tuple(GROWTH_RULES)
-GROWTH_GRADIENTS = ("batch", "interval")
+GROWTH_GRADIENTS = ("batch", "interval", "momentum")
 
 
 @dataclass
@@ -72,7 +72,10 @@ class MaskManager:
     value and optimizer state: it was never really exchanged. Gradient growth ranks the
     current batch's gradient (``growth_gradient="batch"``, as published) or the gradient
     summed over every iteration since the previous update (``"interval"``), which sees
-    every embedding row the interval's batches touched rather than one batch's.
+    every embedding row the interval's batches touched rather than one batch's, or the
+    running average the optimizer already keeps of it (``"momentum"``: Adam's first moment,
+    SGD's momentum buffer; the batch's gradient where the optimizer keeps none), which sees
+    the recent batches too without a buffer of the manager's own.
 
     :meth:`pack` holds an ``nn.Embedding``'s weight as a
     :class:`~recbole_dsl.sparse.packed.PackedEmbedding` (its active values and their
@@ -304,11 +307,16 @@ class MaskManager:
         )
 
     def _growth_gradient(self, name: str, param: nn.Parameter, current: bool = True) -> torch.Tensor:
-        """What growth ranks: the interval's summed gradient, or the batch's; for a tensor
+        """What growth ranks: the interval's summed gradient, the optimizer's running average
+        of it, or the batch's; for a tensor
         of another optimizer than the one stepping (``current`` False), the gradient of its
         own optimizer's last step, not a ``.grad`` that optimizer has not zeroed since."""
         if self.growth_gradient == "interval" and name in self._accumulated:
             return self._accumulated[name].abs()
+        if self.growth_gradient == "momentum":
+            moment = optimizer_state.first_moment(self._optimizers, param)
+            if moment is not None:
+                return moment.abs()
         if not current:
             last = self._last_step_gradient.get(name)
             return last.abs() if last is not None else torch.zeros_like(param)

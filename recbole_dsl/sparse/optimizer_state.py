@@ -1,9 +1,10 @@
-"""What the optimizers must see of a sparse model: fresh state at exchanged entries, and a
-gradient norm over the active entries only."""
+"""What the optimizers must see of a sparse model, and what it reads of them: fresh state at
+exchanged entries, a gradient norm over the active entries only, and the gradient's running
+average for momentum growth."""
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
@@ -22,6 +23,18 @@ def reset_optimizer_state(optimizers: Iterable[torch.optim.Optimizer], param: nn
         for key, value in state.items():
             if torch.is_tensor(value) and value.shape == param.shape:
                 value.view(-1)[positions] = initial_sum if key == "sum" else 0.0
+
+
+def first_moment(optimizers: Iterable[torch.optim.Optimizer], param: nn.Parameter) -> Optional[torch.Tensor]:
+    """The running average of ``param``'s gradient that an optimizer keeps for it (Adam's and
+    AdamW's ``exp_avg``, SGD's ``momentum_buffer``), or None when none keeps one yet."""
+    for optimizer in optimizers:
+        state = optimizer.state.get(param, {})
+        for key in ("exp_avg", "momentum_buffer"):
+            value = state.get(key)
+            if torch.is_tensor(value) and value.shape == param.shape:
+                return value
+    return None
 
 
 @torch.no_grad()
