@@ -14,7 +14,8 @@ Methods (``dsl_method``): dense (the reference), dense_small (the same model, de
 its sizes scaled to the sparse budget), rp (static random mask), mp (dense training,
 one-shot magnitude pruning, fine-tuning), set (random growth), dsl, and the DSL variants
 dsl_interval (growing by the gradient summed over the update interval), dsl_prefix
-(variable-length embedding rows), dsl_mixed (both) and dsl_erk (dsl_mixed with ERK budgets).
+(variable-length embedding rows), dsl_mixed (both), dsl_erk (dsl_mixed with ERK budgets) and
+dsl_momentum (dsl_mixed growing by the optimizer's running average of the gradient).
 Every run is one ``run_recbole_dsl.py`` process with the profile's settings
 (``benchmarks/profiles/<profile>.yaml``). Its row is appended to
 ``benchmarks/results/<experiment>.csv`` as soon as it finishes; configurations already in
