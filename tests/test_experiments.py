@@ -315,6 +315,24 @@ def test_epoch_time_ratios_pair_each_dense_run_with_its_sparse_run(tmp_path):
     assert (row["dense_epoch_seconds"], row["sparse_epoch_seconds"]) == (2.0, 2.2)
 
 
+def test_a_benchmark_run_of_some_models_keeps_the_committed_rows_and_commands_of_the_others(tmp_path, monkeypatch):
+    results_files = load_benchmark_module("results_files")
+    table = tmp_path / "epoch-time.csv"
+    results_files.write_csv(table, ["model", "sparsity", "ratio"], [
+        {"model": "BPR", "sparsity": 0.9, "ratio": 1.01}, {"model": "NeuMF", "sparsity": 0.9, "ratio": 1.46},
+        {"model": "NeuMF", "sparsity": 0.8, "ratio": 1.30},
+    ])
+    rows = results_files.merge_rows(table, [{"model": "NeuMF", "sparsity": 0.9, "ratio": 1.04}], ("model", "sparsity"), ["NeuMF", "BPR"])
+    assert [(r["model"], str(r["sparsity"]), str(r["ratio"])) for r in rows] == [
+        ("NeuMF", "0.8", "1.3"), ("NeuMF", "0.9", "1.04"), ("BPR", "0.9", "1.01"),
+    ]
+    page = tmp_path / "page.md"
+    results_files.write_page(page, "t", [], ["python benchmarks/epoch_time.py --models BPR"], ["model"], [["BPR"]])
+    monkeypatch.setattr(sys, "argv", ["epoch_time.py", "--models", "NeuMF"])
+    commands = results_files.record_command("epoch_time.py", str(tmp_path), page)
+    assert commands == ["python benchmarks/epoch_time.py --models BPR", "python benchmarks/epoch_time.py --models NeuMF"]
+
+
 def test_the_memory_benchmark_measures_the_state_it_trains_with():
     memory = load_benchmark_module("memory")
     settings = dict(rows=2000, dim=16, sparsity=0.9, steps=6, batch_size=64, update_interval=3, init_update_ratio=0.5, threads=torch.get_num_threads(), seed=1)
