@@ -365,17 +365,24 @@ def test_interval_growth_ranks_the_gradient_summed_since_the_last_update(growth_
         MaskManager(model, ["w"], 0.5, schedule(), growth_gradient="epoch")
 
 
+def momentum_growth_manager(update_interval: int):
+    """One row of four, the first two entries active (0.9 and 0.1): the update at
+    ``update_interval`` prunes the 0.1 and grows one inactive entry."""
+    model = nn.Module()
+    model.w = nn.Parameter(torch.zeros(1, 4))
+    manager = MaskManager(model, ["w"], 0.5, schedule(update_interval=update_interval, init_update_ratio=0.5,
+                                                      end_iteration=2 * update_interval), growth_gradient="momentum")
+    manager.set_mask("w", torch.tensor([[True, True, False, False]]))
+    with torch.no_grad():
+        model.w.copy_(torch.tensor([[0.9, 0.1, 0.0, 0.0]]))
+    return model, manager
+
+
 @pytest.mark.parametrize("optimizer_class, kwargs", [(torch.optim.Adam, {}), (torch.optim.SGD, {"momentum": 0.9})])
 def test_momentum_growth_ranks_the_optimizers_running_average(optimizer_class, kwargs):
     # Entry 2 had a large gradient two steps before the update, entry 3 a small one at it:
     # the batch's gradient grows 3, the optimizer's first moment remembers 2.
-    model = nn.Module()
-    model.w = nn.Parameter(torch.zeros(1, 4))
-    manager = MaskManager(model, ["w"], 0.5, schedule(update_interval=3, init_update_ratio=0.5, end_iteration=6),
-                          growth_gradient="momentum")
-    manager.set_mask("w", torch.tensor([[True, True, False, False]]))
-    with torch.no_grad():
-        model.w.copy_(torch.tensor([[0.9, 0.1, 0.0, 0.0]]))
+    model, manager = momentum_growth_manager(update_interval=3)
     optimizer = optimizer_class(model.parameters(), lr=1e-6, **kwargs)
     manager.attach(optimizer)
     for gradient in ([0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]):
@@ -389,13 +396,7 @@ def test_momentum_growth_ranks_the_optimizers_running_average(optimizer_class, k
 
 
 def test_momentum_growth_falls_back_to_the_batch_gradient():
-    model = nn.Module()
-    model.w = nn.Parameter(torch.zeros(1, 4))
-    manager = MaskManager(model, ["w"], 0.5, schedule(update_interval=2, init_update_ratio=0.5, end_iteration=4),
-                          growth_gradient="momentum")
-    manager.set_mask("w", torch.tensor([[True, True, False, False]]))
-    with torch.no_grad():
-        model.w.copy_(torch.tensor([[0.9, 0.1, 0.0, 0.0]]))
+    model, manager = momentum_growth_manager(update_interval=2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no momentum: no running average
     manager.attach(optimizer)
     for gradient in ([0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 1.0]):
