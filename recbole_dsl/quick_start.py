@@ -26,7 +26,7 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import ModelType, get_model, init_logger, init_seed, set_color
 
-from recbole_dsl.config import DSL_SETTINGS, DSLConfig
+from recbole_dsl.config import DSL_SETTINGS, DSLConfig, import_recbole_models
 from recbole_dsl.costs.compact import save_compact
 from recbole_dsl.costs.measure import format_costs, measure_costs
 from recbole_dsl.errors import DSLCheckpointError, DSLConfigError, DSLDatasetError, DSLError, DSLInterrupted
@@ -79,6 +79,7 @@ def _check_config_file(path: str) -> None:
 
 
 def _check_model_name(model: str) -> None:
+    import_recbole_models()  # before RecBole's lookup imports them with anomaly detection switched on
     try:
         get_model(model)
     except AttributeError:

@@ -124,3 +124,15 @@ def test_sequential_models_leave_anomaly_detection_off(setup, anomaly_detection)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == anomaly_detection
+
+
+def test_a_run_trains_without_anomaly_detection():
+    # The command line checks the model's name, which imports RecBole's sequential models,
+    # before the configuration is built: the setting must be the process's there too.
+    code = (
+        "import torch; from recbole_dsl.quick_start import load_config; "
+        "load_config('SASRec', 'ml-100k', None, {'show_progress': False}); print(torch.is_anomaly_enabled())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "False"
