@@ -10,10 +10,18 @@ import numpy as np
 import pytest
 import recbole
 
+from recbole_dsl.config import import_recbole_models
+
 ML100K = Path(recbole.__file__).parent / "dataset_example" / "ml-100k"
 TINY_USERS = 100
 TINY_ITEMS = 400
 KG_DIM = 16
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Load RecBole's models before the test modules import them: RecBole's SINE module
+    would otherwise switch autograd anomaly detection on for every test that trains."""
+    import_recbole_models()
 
 
 def _filter(src: Path, dst: Path, keep) -> None:
