@@ -77,14 +77,15 @@ def count_full_sort_in_chunks(trainer: DSLTrainerMixin, eval_data: FullSortEvalD
     if trainer.item_tensor is None:
         trainer.item_tensor = eval_data._dataset.get_item_feature().to(trainer.device)
 
+    masks = parameter_masks(trainer)
+
     def count(*chunks: range) -> MacCount:
-        total = MacCount()
+        counter = MacCounter(masks)  # one for all chunks: its set-up reads every mask
         for chunk in chunks:
             batch = scoring_batch(eval_data, chunk)  # not counted
-            with MacCounter(parameter_masks(trainer)) as counter:
+            with counter:
                 trainer._full_sort_batch_eval(batch)
-            total = total + counter.count
-        return total
+        return counter.count
 
     first, second = range(0, step), range(step, 2 * step)
     with_cached_work = count(first)  # what the pass computes once and caches comes with its first batch
