@@ -4,6 +4,7 @@ knowledge graph, so that every built-in model trains in seconds."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,12 @@ KG_DIM = 16
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Load RecBole's models before the test modules import them: RecBole's SINE module
-    would otherwise switch autograd anomaly detection on for every test that trains."""
+    would otherwise switch autograd anomaly detection on for every test that trains. And take
+    Ctrl-C as from a terminal even where the suite was started with SIGINT ignored (a
+    background job of a non-interactive shell), which every process a test starts would
+    inherit: the tests that interrupt a run would find nothing to interrupt."""
     import_recbole_models()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _filter(src: Path, dst: Path, keep) -> None:

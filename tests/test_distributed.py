@@ -141,11 +141,15 @@ def test_ctrl_c_stops_every_process_and_names_process_0s_checkpoint(tiny_data_pa
         "--nproc=2", f"--port={free_port()}", "--epochs=100000", "--stopping_step=100000", "--show_progress=False", f"--checkpoint_dir={tmp_path / 'saved'}",
     ]
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not list((tmp_path / "saved").glob("*.pth")) and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.5)
-    os.killpg(driver.pid, signal.SIGINT)  # the terminal sends Ctrl-C to every process of the group
-    _, err = driver.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "saved").glob("*.pth")) and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.5)
+        os.killpg(driver.pid, signal.SIGINT)  # the terminal sends Ctrl-C to every process of the group
+        _, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)  # not left training for the rest of the suite
     checkpoints = list((tmp_path / "saved").glob("*.pth"))
     assert driver.returncode == 130 and len(checkpoints) == 1
     assert err.strip().splitlines()[-1] == f"error: interrupted: resume with --resume_file={checkpoints[0]}"
