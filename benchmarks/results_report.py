@@ -10,7 +10,7 @@ import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import matplotlib
 
@@ -98,6 +98,17 @@ def quality_table(rows: List[Dict[str, str]], metric: str):
     return table
 
 
+def capped_cells(rows: List[Dict[str, str]]) -> Set[Tuple[str, str, float]]:
+    """(model, method, sparsity) of the cells where a run trained its last allowed epoch: it
+    ended at the cap, not by its patience, and its validation may still have been rising."""
+    capped = set()
+    for row in rows:
+        epochs, trained = value(row, "epochs"), value(row, "epochs_trained")
+        if epochs and trained is not None and trained >= epochs:
+            capped.add((row["model"], row["method"], float(row["sparsity"])))
+    return capped
+
+
 def save_figure(fig, png: Path) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
@@ -159,16 +170,24 @@ def quality_section(rows: List[Dict[str, str]], figures_dir: Path, written: List
             lines += [note, ""]
         lines.append("| model | epochs | method | dense | " + " | ".join(f"s = {s}" for s in sparsities) + " |")
         lines.append("|---|---|---|---|" + "---|" * len(sparsities))
+        capped = capped_cells(group)
+
+        def cell(model: str, method: str, sparsity: float) -> str:
+            scores = table[model].get((method, sparsity), [])
+            return score_cell(scores) + (" †" if scores and (model, method, sparsity) in capped else "")
+
         for model in sorted(table):
             cells = table[model]
-            dense = cells.get(("dense", 0.0), [])
             epochs = ", ".join(sorted({r.get("epochs", "") for r in group if r["model"] == model}))
             for method in SPARSE_METHODS:
                 if not any(m == method for m, _ in cells):
                     continue
-                row_cells = [score_cell(cells.get((method, s), [])) for s in sparsities]
-                lines.append(f"| {model} | {epochs} | {method} | {score_cell(dense)} | " + " | ".join(row_cells) + " |")
+                row_cells = [cell(model, method, s) for s in sparsities]
+                lines.append(f"| {model} | {epochs} | {method} | {cell(model, 'dense', 0.0)} | " + " | ".join(row_cells) + " |")
         lines.append("")
+        if capped:
+            lines += ["† a run of the cell trained its last allowed epoch: it ended at the cap, not by its",
+                      "patience, and its validation may still have been rising.", ""]
         png = figures_dir / f"quality-{slug(dataset)}-{slug(profile)}.png"
         plot_quality(table, metric, f"{dataset}, profile {profile}", png)
         written.append(png)

@@ -279,6 +279,20 @@ def test_quality_report_tables_and_targets(tmp_path):
     assert [p.name for p in written] == ["quality-d-p.png"] and written[0].stat().st_size > 0
 
 
+def test_quality_report_marks_the_cells_whose_runs_ended_at_the_epoch_cap(tmp_path):
+    report = load_benchmark_module("results_report")
+
+    def row(method, sparsity, ndcg, seed, trained):
+        return {**quality_row("LightGCN", method, sparsity, ndcg, 300), "seed": str(seed), "epochs_trained": str(trained)}
+
+    rows = [row("dense", 0.0, 0.30, 1, 280), row("dsl_mixed", 0.9, 0.26, 1, 300), row("dsl_mixed", 0.9, 0.28, 2, 250),
+            row("dense_small", 0.9, 0.25, 1, 230)]
+    text = "\n".join(report.quality_section(rows, tmp_path, [], ["python benchmarks/experiments.py quality"]))
+    assert "| LightGCN | 300 | dsl_mixed | 0.3000 | 0.2700 ± 0.0141 (2) † |" in text  # one of its two runs hit the cap
+    assert "| LightGCN | 300 | dense_small | 0.3000 | 0.2500 |" in text
+    assert "† a run of the cell trained its last allowed epoch" in text
+
+
 def test_rows_appended_side_by_side_are_all_kept(tmp_path):
     experiments = load_benchmark_module("experiments")
     csv_file = tmp_path / "quality.csv"
