@@ -41,8 +41,10 @@ def read_rows(path: Path) -> List[Dict[str, str]]:
 
 
 def slug(text: str) -> str:
-    """``text`` as a file name (no brackets, commas or spaces)."""
-    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")
+    """``text`` as a file name: letters, digits, dots and dashes. No ``=`` either: a run's
+    folder reaches RecBole in ``--config_files=PATH``, and RecBole splits its arguments at
+    every ``=``."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
 
 
 def record_command(script: str, work_dir: str, page: Optional[Path] = None) -> List[str]:

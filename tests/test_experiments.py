@@ -151,6 +151,14 @@ def test_quality_runs_every_method_appends_rows_and_resumes(tiny_args, tmp_path)
     assert len(read_csv(csv_file)) == 2 + len(sparse)
 
 
+def test_a_profile_with_overridden_settings_runs_as_a_profile_of_its_own(tiny_args, tmp_path):
+    out = harness("quality", *tiny_args(), "--methods", "dsl", "--sparsities", "0.8", "--set", "epochs=1", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (row,) = read_csv(tmp_path / "results" / "quality.csv")
+    assert (row["profile"], row["epochs"], row["epochs_trained"], row["error"]) == ("tiny[epochs=1]", "1", "1", "")
+    assert (tmp_path / "runs" / "quality" / "tiny_epochs_1" / "BPR-tiny-dsl-s0.8-seed2020" / "output.log").is_file()
+
+
 @pytest.mark.slow
 def test_convergence_and_popularity_experiments_and_plots(tiny_args, tmp_path):
     out = harness("convergence", *tiny_args(), "--sparsity=0.8", "--init_update_ratios", "0.5",
