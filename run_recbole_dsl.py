@@ -32,7 +32,12 @@ def normalize_arguments(argv: List[str]) -> List[str]:
             arg, i = f"{arg}={argv[i + 1]}", i + 1
         if arg in ("-h", "--help"):
             arguments.append(arg)
-        elif not arg.startswith("--") or len(arg[2:].split("=")) != 2 or not arg[2:].split("=")[0]:
+        elif arg.startswith("--") and arg[2:].count("=") > 1:
+            raise DSLConfigError(
+                f"cannot read the argument {arg!r}: RecBole splits every argument at '=', so a value cannot hold "
+                "one (put the setting in a YAML file given with --config_files)"
+            )
+        elif not arg.startswith("--") or not arg[2:].split("=")[0]:
             raise DSLConfigError(f"cannot read the argument {arg!r}: give settings as --key=value")
         else:
             arguments.append(arg)

@@ -45,6 +45,8 @@ def nothing_trained(path: Path) -> bool:
         (["--sparsity"], "--sparsity has no value: give it as --sparsity=VALUE"),
         (["--sparsity=0.5", "0.9"], "cannot read the argument '0.9'"),
         (["-q"], "cannot read the argument '-q'"),
+        (["--checkpoint_dir=runs/a=b"], "cannot read the argument '--checkpoint_dir=runs/a=b': RecBole splits every "
+         "argument at '=', so a value cannot hold one"),
         (["--model=bpr"], "unknown model [bpr]: did you mean BPR?"),
         (["--model=lightgcn"], "unknown model [lightgcn]: did you mean LightGCN?"),
         (["--results_file=."], "invalid results_file='.': a folder, expected a file path"),
