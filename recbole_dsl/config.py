@@ -25,8 +25,8 @@ PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
 DSL_PROPERTIES_FILE = PROPERTIES_DIR / "dsl.yaml"
 DISTRIBUTED_PROPERTIES_FILE = PROPERTIES_DIR / "distributed.yaml"
 DSL_METHODS = tuple(METHODS)
-# The methods whose exploration is made on packed tables (sparse_storage).
-PACKED_METHODS = ("dsl", "rp")
+# The methods whose tables can train packed (sparse_storage).
+PACKED_METHODS = tuple(name for name, method in METHODS.items() if method.packs)
 # The settings that decide how a run sparsifies: reported in its results, and fixed for a
 # resumed run by its checkpoint (they set the masks, their budgets and T_end).
 DSL_SETTINGS = (
@@ -259,8 +259,9 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
         fail("sparse_storage", "True or False")
     if config["sparse_storage"] and config["dsl_method"] not in PACKED_METHODS:
         raise DSLConfigError(
-            f"sparse_storage=True trains dsl_method {' or '.join(PACKED_METHODS)}, not {config['dsl_method']}: "
-            "the other methods' masks are made on dense tables"
+            f"sparse_storage=True trains dsl_method {', '.join(PACKED_METHODS[:-1])} or {PACKED_METHODS[-1]}, "
+            f"not {config['dsl_method']}: it trains dense tables (dense, dense_small, mp) or grows by the "
+            "optimizer's momentum, which a packed table keeps for its active values only (dsl_momentum)"
         )
     if config["growth_gradient"] is not None and config["growth_gradient"] not in GROWTH_GRADIENTS:
         fail("growth_gradient", ", ".join(GROWTH_GRADIENTS[:-1]) + f" or {GROWTH_GRADIENTS[-1]} (or ~ for the method's own)")

@@ -28,6 +28,13 @@ class Method:
     distribution: str = "uniform"  # the budget per tensor: the same density everywhere, or ERK
 
     @property
+    def packs(self) -> bool:
+        """Its embedding tables can train as their active values and positions
+        (``sparse_storage``): it trains sparse from the start and ranks no optimizer state,
+        which exists for the active values only."""
+        return self.sparse and not self.dense_start and self.growth_gradient != "momentum"
+
+    @property
     def full_dense(self) -> bool:
         """Every weight of the model at its configured size trains: its sparsity is 0."""
         return not self.sparse and not self.scales_model

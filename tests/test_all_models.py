@@ -156,12 +156,13 @@ PACKED_MODELS = [m for m in builtin_models(general) + builtin_models(sequential)
 @pytest.mark.slow
 @pytest.mark.parametrize("model", params(PACKED_MODELS))
 def test_model_trains_with_packed_tables(model, tiny_data_path, tmp_path, caplog):
-    """sparse_storage: the embedding tables train as values and positions, or the model is
+    """sparse_storage: the embedding tables train as values and positions with the default
+    method (variable-length rows, growth by the interval's gradient), or the model is
     refused in one line before training."""
     if model in NEEDS:
         pytest.importorskip(NEEDS[model], reason=f"{model} needs {NEEDS[model]}")
     config = {
-        **TINY, **OVERRIDES.get(model, {}), "dsl_method": "dsl", "sparse_storage": True,
+        **TINY, **OVERRIDES.get(model, {}), "sparse_storage": True,
         "data_path": tiny_data_path, "checkpoint_dir": str(tmp_path / "saved"),
     }
     if model in PACKED_REFUSED:

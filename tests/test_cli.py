@@ -87,10 +87,10 @@ def test_dense_baseline_same_pipeline(tmp_path):
         ("--config_files=missing.yaml", "config file missing.yaml does not exist"),
         ("--resume_file=missing.pth", "checkpoint missing.pth does not exist"),
         ("--sparse_storage=yes", "invalid sparse_storage='yes': expected True or False"),
-        ("--sparse_storage=True", "sparse_storage=True trains dsl_method dsl or rp, not dsl_mixed"),
-        ("--sparse_storage=True --dsl_method=dsl --nproc=2", "sparse_storage=True trains in one process"),
-        ("--model=MultiVAE --sparse_storage=True --dsl_method=dsl", "sparse_storage=True cannot train MultiVAE: none of its sparsified tensors is an nn.Embedding table"),
-        ("--sparse_storage=True --dsl_method=dsl --growth_gradient=interval", "sparse_storage=True cannot train BPR: user_embedding.weight cannot be packed: growth ranks the interval's gradient"),
+        ("--sparse_storage=True --dsl_method=mp", "sparse_storage=True trains dsl_method dsl, set, rp, dsl_interval, dsl_prefix, dsl_mixed or dsl_erk, not mp: it trains dense tables"),
+        ("--sparse_storage=True --nproc=2", "sparse_storage=True trains in one process"),
+        ("--model=MultiVAE --sparse_storage=True", "sparse_storage=True cannot train MultiVAE: none of its sparsified tensors is an nn.Embedding table"),
+        ("--sparse_storage=True --growth_gradient=momentum", "sparse_storage=True cannot train BPR: user_embedding.weight cannot be packed: growth ranks the optimizer's momentum"),
     ],
 )
 def test_bad_input_is_one_line(arg, message, monkeypatch, capsys):

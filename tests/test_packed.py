@@ -108,14 +108,28 @@ class TwoTables(nn.Module):
         return -F.logsigmoid(scores.gather(1, positives[:, :1]) - scores.gather(1, negatives)).mean() + (user * history).mean()
 
 
-def trained_pair(steps: int):
+# The exploration of every method that packs: DSL's (made on the packed layout), and those
+# made on a dense view of the table: growth by the interval's gradient, variable-length
+# rows with random grown values (dsl_mixed's), random growth (SET's).
+EXPLORATIONS = {
+    "dsl": {},
+    "interval": dict(growth_gradient="interval"),
+    "dsl_mixed": dict(prefix_names=["users.weight", "items.weight"], grown_init_scale=0.1, growth_gradient="interval"),
+    "set": dict(growth="random"),
+}
+
+
+def trained_pair(steps: int, **settings):
     """The same model trained with masks and with its tables packed: both managers."""
     managers = []
     for packed in (False, True):
         torch.manual_seed(0)
         model = TwoTables()
         schedule = CosineUpdateSchedule(update_interval=3, init_update_ratio=0.3, end_iteration=steps)
-        manager = MaskManager(model, ["users.weight", "items.weight", "scale.weight"], density=0.25, schedule=schedule, seed=1)
+        manager = MaskManager(
+            model, ["users.weight", "items.weight", "scale.weight"], density=0.25, schedule=schedule, seed=1, **settings
+        )
+        initial_masks = {name: mask.clone() for name, mask in manager.masks.items()}
         if packed:
             manager.pack("users.weight")
             manager.pack("items.weight")
@@ -128,14 +142,16 @@ def trained_pair(steps: int):
             model.loss(users, positives, negatives).backward()
             optimizer.step()
             optimizer.zero_grad()
+        assert not torch.equal(manager.masks["items.weight"], initial_masks["items.weight"])
         managers.append((model, manager))
     return managers
 
 
-def test_packed_tables_in_a_model_train_as_masked_ones():
+@pytest.mark.parametrize("exploration", EXPLORATIONS)
+def test_packed_tables_in_a_model_train_as_masked_ones(exploration):
     """Lookups, a padding row and a table read whole: the same masks and weights as the
     masked model after every exchange, with optimizer state for the budget alone."""
-    (masked, masked_manager), (packed, packed_manager) = trained_pair(steps=12)
+    (masked, masked_manager), (packed, packed_manager) = trained_pair(steps=12, **EXPLORATIONS[exploration])
     assert isinstance(packed.users, PackedEmbedding) and isinstance(packed.scale, nn.Linear)
     assert packed_manager.packed_names == ["users.weight", "items.weight"]
     for name in masked_manager.names:
@@ -174,9 +190,9 @@ def test_a_packed_model_saves_loads_and_unpacks_as_a_masked_one():
 @pytest.mark.parametrize(
     "settings, name, reason",
     [
-        (dict(prefix_names=["users.weight"]), "users.weight", "prefix-structured"),
-        (dict(growth_gradient="interval"), "users.weight", "interval"),
-        (dict(growth="random"), "users.weight", "not by gradient"),
+        (dict(growth_gradient="momentum"), "users.weight", "momentum"),
+        (dict(regrown_keep_values=True), "users.weight", "keep their values"),
+        (dict(dense_start=True), "users.weight", "trains dense first"),
         (dict(shared_budget=True), "users.weight", "shared"),
         (dict(), "scale.weight", "not the weight of an nn.Embedding"),
     ],

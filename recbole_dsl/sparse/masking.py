@@ -162,6 +162,13 @@ class MaskManager:
             return self._table(name).values
         return self.module.get_parameter(name)
 
+    def _shape(self, name: str) -> torch.Size:
+        """The shape of the tensor ``name`` stands for (a packed table's dense shape)."""
+        if name in self._packed:
+            table = self._table(name)
+            return torch.Size((table.num_rows, table.dim))
+        return self.param(name).shape
+
     def _table(self, name: str) -> PackedEmbedding:
         return self.module.get_submodule(self._packed[name])
 
@@ -273,6 +280,9 @@ class MaskManager:
         owned = self._owned_names(optimizer)
         if self._accumulates():
             for name in owned:
+                if name in self._packed:
+                    self._accumulate_lookups(name)
+                    continue
                 grad = self.param(name).grad
                 if grad is None:
                     continue
@@ -296,15 +306,28 @@ class MaskManager:
             if self.on_update is not None:
                 self.on_update(MaskUpdate(self.iteration, ratio, exchanged, self.overall_density()))
 
-    def _accumulates(self) -> bool:
-        """Interval gradients are summed while updates remain to be made."""
-        end = self.schedule.end_iteration
+    def _accumulates(self, iteration: Optional[int] = None) -> bool:
+        """Interval gradients are summed while an update remains to rank them: up to the
+        last update at or before T_end (at ``iteration``, by default the current one)."""
+        end, interval = self.schedule.end_iteration, self.schedule.update_interval
+        iteration = self.iteration if iteration is None else iteration
         return (
             self.growth == "gradient"
             and self.growth_gradient == "interval"
-            and self.schedule.update_interval > 0
-            and (end is None or self.iteration <= end)
+            and interval > 0
+            and (end is None or iteration <= end // interval * interval)
         )
+
+    def _accumulate_lookups(self, name: str) -> None:
+        """Add a packed table's gradient of this step (its lookups') to the interval's sum,
+        a dense table's worth, as the masked table's own gradient is added."""
+        table = self._table(name)
+        looked_up = table.lookup_gradient()
+        if looked_up is None:
+            return
+        if name not in self._accumulated:
+            self._accumulated[name] = torch.zeros(table.num_rows, table.dim, dtype=table.values.dtype, device=table.values.device)
+        self._accumulated[name].index_add_(0, *looked_up)
 
     def _growth_gradient(self, name: str, param: nn.Parameter, current: bool = True) -> torch.Tensor:
         """What growth ranks: the interval's summed gradient, the optimizer's running average
@@ -320,6 +343,8 @@ class MaskManager:
         if not current:
             last = self._last_step_gradient.get(name)
             return last.abs() if last is not None else torch.zeros_like(param)
+        if name in self._packed:
+            return self._table(name).dense_lookup_gradient().abs()
         return param.grad.detach().abs() if param.grad is not None else torch.zeros_like(param)
 
     @torch.no_grad()
@@ -330,21 +355,25 @@ class MaskManager:
 
     def _prepare_lookups(self) -> None:
         """Packed tables keep their lookups' gradients for the next step only when it
-        updates the masks: growth ranks them, and no other step needs them."""
-        updates = self.schedule.is_update_iteration(self.iteration + 1)
+        updates the masks or adds to the interval's gradient: growth ranks them, and no
+        other step needs them."""
+        keep = self.schedule.is_update_iteration(self.iteration + 1) or self._accumulates(self.iteration + 1)
         for name in self._packed:
             table = self._table(name)
             table.looked_up = []
-            table.keep_lookup_gradient = updates
+            table.keep_lookup_gradient = keep
 
     # ------------------------------------------------------------------ packed storage
     def pack(self, name: str) -> None:
         """Hold ``name``, the weight of an ``nn.Embedding``, as its active values and their
         positions from now on: the model's module is replaced by a
         :class:`~recbole_dsl.sparse.packed.PackedEmbedding` and optimizers built afterwards
-        step the values alone. Only DSL's own exploration is made on that layout (magnitude
-        pruning, growth by the batch's gradient, a budget per tensor, unstructured masks);
-        anything else raises ValueError."""
+        step the values alone. DSL's exploration with unstructured masks and the batch's
+        gradient is made on that layout; structured masks, random growth and growth by the
+        interval's gradient on a dense view of the table built for the update (the
+        interval's sum is a dense table's worth while it is kept). A budget shared with
+        other tensors, growth by the optimizer's momentum (kept for the active values
+        only), regrown entries that keep their values and a dense start raise ValueError."""
         if self._optimizers:
             raise ValueError("tables are packed before any optimizer is attached")
         module_name, _, attribute = name.rpartition(".")
@@ -353,11 +382,9 @@ class MaskManager:
             "it is not the weight of an nn.Embedding": type(module) is not nn.Embedding,
             "the embedding has sparse gradients, max_norm or scale_grad_by_freq": type(module) is nn.Embedding
             and (module.sparse or module.max_norm is not None or module.scale_grad_by_freq),
-            "its mask is prefix-structured": self.structures.get(name) != "unstructured",
-            "growth is not by gradient": self.growth != "gradient",
-            "growth ranks the interval's gradient": self.growth_gradient != "batch",
+            "growth ranks the optimizer's momentum, which it keeps for the active values only": self.growth == "gradient"
+            and self.growth_gradient == "momentum",
             "its budget is shared with other tensors": any(name in g and len(g) > 1 for g in self.groups),
-            "grown weights start at random values": self.grown_init_scale > 0,
             "regrown entries keep their values": self.regrown_keep_values,
             "it trains dense first": self._dense_start,
         }
@@ -414,7 +441,7 @@ class MaskManager:
         structures = {self.structures[n] for n in names}
         if structures == {"unstructured"}:
             return "unstructured"
-        widths = {self.param(n).shape[1] for n in names if self.structures[n] == "prefix"}
+        widths = {self._shape(n)[1] for n in names if self.structures[n] == "prefix"}
         if len(structures) > 1 or len(widths) > 1:
             raise ValueError(f"tensors {names} share a budget but not one mask structure and width")
         return "prefix"
@@ -432,12 +459,15 @@ class MaskManager:
     def _update_group(self, names: List[str], update_ratio: float, stepping: Optional[List[str]] = None) -> int:
         """Prune and grow one group; ``stepping``: the tensors of the optimizer whose step
         makes the update (None: every tensor's ``.grad`` is current)."""
-        if names[0] in self._packed:
+        packed = names[0] in self._packed
+        if packed:
             table = self._table(names[0])
             if table.active in (0, table.num_rows * table.dim):
                 return 0
-            return table.exchange(math.ceil(update_ratio * table.active), self._optimizers, self._generator)
-        params = [self.param(n) for n in names]
+            if self.structures[names[0]] == "unstructured" and self.growth == "gradient" and self.growth_gradient == "batch":
+                return table.exchange(math.ceil(update_ratio * table.active), self._optimizers, self._generator)
+        # A packed table is seen as its dense weight: a copy, built for this update only.
+        params = [self._table(names[0]).weight if packed else self.param(n) for n in names]
         structure = self._group_structure(names)
         mask = self._stacked([self.storage[n].mask for n in names], structure).clone()  # the new mask
         nnz = int(mask.sum())
@@ -462,7 +492,12 @@ class MaskManager:
             regrown = torch.isin(grown, pruned)
             pruned, grown = pruned[~torch.isin(pruned, grown)], grown[~regrown]
 
-        self._write_group(names, params, mask.flatten(), torch.cat([pruned, grown]), grown)
+        if packed:
+            batch_gradient = self._table(names[0]).dense_lookup_gradient()
+            self._write_group(names, params, mask.flatten(), torch.cat([pruned, grown]), grown)
+            self._table(names[0]).relayout(mask, grown, params[0], batch_gradient, self._optimizers)
+        else:
+            self._write_group(names, params, mask.flatten(), torch.cat([pruned, grown]), grown)
         for name in names:
             self._accumulated.pop(name, None)
         return int(grown.numel())
@@ -477,14 +512,16 @@ class MaskManager:
     ) -> None:
         """Split a group's flat mask back into its tensors; changed entries start at zero
         (grown ones at small random values with ``grown_init_scale``) with fresh
-        optimizer state."""
+        optimizer state. A packed table's tensor is its dense view, whose layout is the
+        caller's to set from it."""
         offset = 0
         for name, p in zip(names, params):
             numel = p.numel()
             local = changed[(changed >= offset) & (changed < offset + numel)] - offset
             old_mask = self.storage[name].mask
             new_mask = mask[offset : offset + numel].view(p.shape).clone()
-            self.storage[name].set_mask(new_mask)
+            if name not in self._packed:
+                self.storage[name].set_mask(new_mask)
             flat = p.view(-1)
             if grown is not None and self.grown_init_scale > 0:
                 kept = flat[old_mask.flatten() & new_mask.flatten()]

@@ -9,6 +9,9 @@ on this layout: prune the active values of smallest magnitude, grow the inactive
 of largest gradient among the rows the last batch looked up (entries without a gradient
 come after them in random order, as in :func:`~recbole_dsl.sparse.prune_grow.gradient_growth`),
 then rebuild the layout and carry the optimizer state of the kept values over.
+:meth:`PackedEmbedding.relayout` takes a layout decided elsewhere (the mask manager's prune
+and grow on a dense view of the table, for structured masks and other growth rules) and
+carries values, gradients and optimizer state over the same way.
 """
 
 from __future__ import annotations
@@ -244,18 +247,71 @@ class PackedEmbedding(nn.Module):
         self.looked_up = []
         return k
 
+    def lookup_gradient(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The rows looked up since :attr:`keep_lookup_gradient` was set (ascending, once
+        each) and the gradient of the dense table at them, or None without one."""
+        looked_up = [(rows, dense.grad) for rows, dense in self.looked_up if dense.grad is not None]
+        if not looked_up:
+            return None
+        rows, first = torch.unique(torch.cat([rows for rows, _ in looked_up]), return_inverse=True)
+        # Each lookup's rows summed on their own, then the lookups added: the order in
+        # which autograd sums a dense table's gradient, so growth ranks the same numbers.
+        summed = torch.zeros(len(rows), self.dim, dtype=looked_up[0][1].dtype, device=rows.device)
+        for inverse, (_, grad) in zip(torch.split(first, [len(r) for r, _ in looked_up]), looked_up):
+            summed += torch.zeros_like(summed).index_add_(0, inverse, grad)
+        return rows, summed
+
+    def dense_lookup_gradient(self) -> torch.Tensor:
+        """:meth:`lookup_gradient` as the dense table's gradient: zero in rows not looked up."""
+        gradient = torch.zeros(self.num_rows, self.dim, dtype=self.values.dtype, device=self.values.device)
+        looked_up = self.lookup_gradient()
+        if looked_up is not None:
+            gradient[looked_up[0]] = looked_up[1]
+        return gradient
+
+    @torch.no_grad()
+    def relayout(
+        self, mask: torch.Tensor, fresh: torch.Tensor, weight: torch.Tensor, gradient: torch.Tensor, optimizers: Iterable[torch.optim.Optimizer]
+    ) -> None:
+        """Make ``mask`` the layout after a prune and grow decided on the dense view of the
+        table (structured masks, growth by the interval's gradient or at random). Entries at
+        the flat positions ``fresh`` (grown, all active in ``mask``) take their values from
+        the dense ``weight`` and their gradient from the dense ``gradient``, with fresh
+        optimizer state; the other active entries keep value, gradient and state."""
+        keys = mask.flatten().nonzero().flatten().to(self.values.device)
+        if keys.numel() != self.active:
+            raise ValueError(f"a packed table keeps its budget of {self.active} entries, the mask has {keys.numel()}")
+        old_keys = self.keys()
+        source = torch.searchsorted(old_keys, keys).clamp(max=old_keys.numel() - 1)
+        is_fresh = _contains(torch.sort(fresh.to(keys.device)).values, keys)
+        kept = (old_keys[source] == keys) & ~is_fresh
+        fresh_keys = keys[~kept]
+
+        def carried(tensor: torch.Tensor, fill: Optional[torch.Tensor] = None) -> torch.Tensor:
+            moved = torch.zeros_like(tensor)
+            moved[kept] = tensor[source[kept]]
+            if fill is not None:
+                moved[~kept] = fill.flatten()[fresh_keys].to(moved.dtype)
+            return moved
+
+        self.values.data = carried(self.values.data, weight)
+        if self.values.grad is not None:
+            self.values.grad = carried(self.values.grad, gradient)
+        for optimizer in optimizers:
+            state = optimizer.state.get(self.values, {})
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.shape == kept.shape:
+                    state[name] = carried(value)
+        self._set_layout(keys)
+        self.looked_up = []
+
     def _grow(self, kept_keys: torch.Tensor, k: int, generator: Optional[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` flat positions to grow, outside ``kept_keys``, and their lookup gradients."""
         device = kept_keys.device
         chosen, gradient = torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, device=device)
-        looked_up = [(rows, dense.grad) for rows, dense in self.looked_up if dense.grad is not None]
-        if looked_up:
-            rows, first = torch.unique(torch.cat([rows for rows, _ in looked_up]), return_inverse=True)
-            # Each lookup's rows summed on their own, then the lookups added: the order in
-            # which autograd sums a dense table's gradient, so growth ranks the same numbers.
-            summed = torch.zeros(len(rows), self.dim, dtype=looked_up[0][1].dtype, device=device)
-            for inverse, (_, grad) in zip(torch.split(first, [len(r) for r, _ in looked_up]), looked_up):
-                summed += torch.zeros_like(summed).index_add_(0, inverse, grad)
+        looked_up = self.lookup_gradient()
+        if looked_up is not None:
+            rows, summed = looked_up
             summed = summed.flatten()
             candidates = (rows.unsqueeze(1) * self.dim + torch.arange(self.dim, device=device)).flatten()
             eligible = ~_contains(kept_keys, candidates) & (summed != 0)
