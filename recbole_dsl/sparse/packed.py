@@ -16,7 +16,7 @@ carries values, gradients and optimizer state over the same way.
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -230,14 +230,7 @@ class PackedEmbedding(nn.Module):
             moved[is_grown] = 0 if fill is None else fill.to(moved.dtype)
             return moved
 
-        self.values.data = carried(self.values.data)
-        if self.values.grad is not None:
-            self.values.grad = carried(self.values.grad, grown_gradient)
-        for optimizer in optimizers:
-            state = optimizer.state.get(self.values, {})
-            for name, value in state.items():
-                if torch.is_tensor(value) and value.shape == is_grown.shape:
-                    state[name] = carried(value)
+        self._carry_over(carried, None, grown_gradient, optimizers)
         counts = torch.bincount(kept_keys // self.dim, minlength=self.num_rows) + torch.bincount(grown // self.dim, minlength=self.num_rows)
         columns = torch.empty_like(self.columns)
         columns[is_kept] = self.columns[kept]
@@ -294,16 +287,27 @@ class PackedEmbedding(nn.Module):
                 moved[~kept] = fill.flatten()[fresh_keys].to(moved.dtype)
             return moved
 
-        self.values.data = carried(self.values.data, weight)
+        self._carry_over(carried, weight, gradient, optimizers)
+        self._set_layout(keys)
+        self.looked_up = []
+
+    def _carry_over(
+        self,
+        carried: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor],
+        value_fill: Optional[torch.Tensor],
+        gradient_fill: Optional[torch.Tensor],
+        optimizers: Iterable[torch.optim.Optimizer],
+    ) -> None:
+        """Move the values, their gradient and every optimizer's state of them to a new
+        layout with ``carried``; grown entries take the fills, and fresh (zero) state."""
+        self.values.data = carried(self.values.data, value_fill)
         if self.values.grad is not None:
-            self.values.grad = carried(self.values.grad, gradient)
+            self.values.grad = carried(self.values.grad, gradient_fill)
         for optimizer in optimizers:
             state = optimizer.state.get(self.values, {})
             for name, value in state.items():
-                if torch.is_tensor(value) and value.shape == kept.shape:
-                    state[name] = carried(value)
-        self._set_layout(keys)
-        self.looked_up = []
+                if torch.is_tensor(value) and value.shape == self.values.shape:
+                    state[name] = carried(value, None)
 
     def _grow(self, kept_keys: torch.Tensor, k: int, generator: Optional[torch.Generator]) -> Tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` flat positions to grow, outside ``kept_keys``, and their lookup gradients."""
