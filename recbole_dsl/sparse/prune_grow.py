@@ -60,12 +60,12 @@ def uniform_prefix_mask(shape: torch.Size, budget: int, generator: torch.Generat
 def prune_scores(magnitude: torch.Tensor, mask: torch.Tensor, structure: str = "unstructured") -> torch.Tensor:
     """Scores of the active entries (the lowest are pruned); inactive entries score +inf."""
     _check_structure(structure)
-    inactive = ~mask
     if structure == "prefix":
         # An entry leaves only with every active entry after it: it scores the largest
         # magnitude it would take along (the suffix maximum over the active part).
-        magnitude = torch.flip(torch.cummax(torch.flip(magnitude.masked_fill(inactive, 0.0), [1]), dim=1).values, [1])
-    return magnitude.masked_fill(inactive, math.inf)
+        active = torch.where(mask, magnitude, 0.0)
+        magnitude = torch.flip(torch.cummax(torch.flip(active, [1]), dim=1).values, [1])
+    return torch.where(mask, magnitude, math.inf)
 
 
 def grow_scores(gradient: torch.Tensor, mask: torch.Tensor, structure: str = "unstructured") -> torch.Tensor:
@@ -74,8 +74,8 @@ def grow_scores(gradient: torch.Tensor, mask: torch.Tensor, structure: str = "un
     if structure == "prefix":
         # An entry joins only with every inactive entry before it: it scores the smallest
         # gradient it would bring along (the prefix minimum over the inactive part).
-        gradient = torch.cummin(gradient.masked_fill(mask, math.inf), dim=1).values
-    return gradient.masked_fill(mask, -math.inf)
+        gradient = torch.cummin(torch.where(mask, math.inf, gradient), dim=1).values
+    return torch.where(mask, -math.inf, gradient)
 
 
 def _tie_rank(shape: torch.Size, towards_end: bool, generator: Optional[torch.Generator]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -120,8 +120,9 @@ def _select(scores: torch.Tensor, k: int, structure: str, generator: Optional[to
     if k == 0:
         return torch.zeros(0, dtype=torch.long, device=scores.device)
     threshold = torch.topk(flat, k, largest=not lowest).values[-1]
-    better = (flat < threshold if lowest else flat > threshold).nonzero().flatten()
-    tied = (flat == threshold).nonzero().flatten()
+    candidates = (flat <= threshold if lowest else flat >= threshold).nonzero().flatten()
+    is_tied = flat[candidates] == threshold
+    better, tied = candidates[~is_tied], candidates[is_tied]
     tied = tied[torch.sort(rank(tied)).indices[: k - better.numel()]]
     chosen = torch.cat([better, tied])
     chosen = chosen[torch.sort(rank(chosen)).indices]
