@@ -6,8 +6,9 @@
 For every model, ``--repeats`` pairs of runs (dense, then sparse at ``--sparsity`` with
 the default method) train ``--epochs`` epochs each in their own ``run_recbole_dsl.py``
 process, one thread each, alternating so that a change in the machine's load falls on
-both. Each pair gives the ratio of the two runs' mean epoch times; the table reports the
-median ratio over the pairs. A run's results JSON is kept under ``--work_dir`` and reused
+both. With ``--sparse_storage`` the sparse runs hold their embedding tables packed (the
+property ``sparse_storage: True``). Each pair gives the ratio of the two runs' mean epoch
+times; the table reports the median ratio over the pairs. A run's results JSON is kept under ``--work_dir`` and reused
 when the benchmark runs again. The table goes to ``benchmarks/results/epoch-time-<dataset>.csv``
 and ``docs/epoch-time-<dataset>.md`` with the commands that made it.
 """
@@ -35,12 +36,18 @@ MODEL_SETTINGS = {
     "SASRec": ["--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=32", "--inner_size=64", "--n_layers=1", "--n_heads=1", "--eval_batch_size=4096000"],
     "NeuMF": ["--eval_batch_size=262144"],
 }
-COLUMNS = ["model", "method", "sparsity", "pairs", "ratio_median", "ratio_min", "ratio_max", "dense_epoch_seconds", "sparse_epoch_seconds"]
+COLUMNS = ["model", "method", "storage", "sparsity", "pairs", "ratio_median", "ratio_min", "ratio_max", "dense_epoch_seconds", "sparse_epoch_seconds"]
+
+
+def run_file(work_dir: str, model: str, sparsity: float, repeat: int, storage: str = "masks") -> Path:
+    """Where a run's results JSON is kept; packed runs (``sparse_storage``) have their own."""
+    return Path(work_dir) / f"{model}-{sparsity}-{'packed-' if storage == 'packed' else ''}{repeat}.json"
 
 
 def run_one(model: str, sparsity: float, repeat: int, args: argparse.Namespace) -> Optional[Dict]:
     """Train one run (or reuse its results file from an earlier benchmark run)."""
-    out = Path(args.work_dir) / f"{model}-{sparsity}-{repeat}.json"
+    packed = args.sparse_storage and sparsity > 0
+    out = run_file(args.work_dir, model, sparsity, repeat, "packed" if packed else "masks")
     if out.exists():
         return json.loads(out.read_text())
     command = [
@@ -48,7 +55,7 @@ def run_one(model: str, sparsity: float, repeat: int, args: argparse.Namespace) 
         *([f"--data_path={args.data_path}"] if args.data_path else []), f"--sparsity={sparsity}", f"--epochs={args.epochs}",
         f"--eval_step={args.epochs}", "--stopping_step=1000", "--show_progress=False",
         *MODEL_SETTINGS.get(model, ["--eval_batch_size=4096000"]), f"--checkpoint_dir={Path(args.work_dir) / 'saved'}",
-        f"--results_file={out}",
+        f"--results_file={out}", *(["--sparse_storage=True"] if packed else []),
     ]
     started = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -64,13 +71,14 @@ def run_one(model: str, sparsity: float, repeat: int, args: argparse.Namespace) 
     return result
 
 
-def table_rows(work_dir: str, sparsity: float) -> List[Dict]:
-    """One row per model from every complete (dense, sparse) pair in ``work_dir``."""
+def table_rows(work_dir: str, sparsity: float, storage: str = "masks") -> List[Dict]:
+    """One row per model from every complete (dense, sparse) pair in ``work_dir`` whose
+    sparse run held its tables as ``storage`` (masks, or packed with ``sparse_storage``)."""
     rows = []
     for model in MODELS:
         pairs, method = [], ""
         for dense_file in sorted(Path(work_dir).glob(f"{model}-0.0-*.json")):
-            sparse_file = dense_file.with_name(f"{model}-{sparsity}-{dense_file.stem.rpartition('-')[2]}.json")
+            sparse_file = run_file(work_dir, model, sparsity, int(dense_file.stem.rpartition("-")[2]), storage)
             if not sparse_file.exists():
                 continue
             dense, sparse = (json.loads(f.read_text()) for f in (dense_file, sparse_file))
@@ -80,7 +88,7 @@ def table_rows(work_dir: str, sparsity: float) -> List[Dict]:
             continue
         ratios = [s / d for d, s in pairs]
         rows.append({
-            "model": model, "method": method, "sparsity": sparsity, "pairs": len(pairs),
+            "model": model, "method": method, "storage": storage, "sparsity": sparsity, "pairs": len(pairs),
             "ratio_median": round(statistics.median(ratios), 4), "ratio_min": round(min(ratios), 4),
             "ratio_max": round(max(ratios), 4), "dense_epoch_seconds": round(statistics.median(d for d, _ in pairs), 3),
             "sparse_epoch_seconds": round(statistics.median(s for _, s in pairs), 3),
@@ -90,17 +98,18 @@ def table_rows(work_dir: str, sparsity: float) -> List[Dict]:
 
 def write_outputs(rows: List[Dict], args: argparse.Namespace, commands: List[str]) -> None:
     table = ROOT / "benchmarks" / "results" / f"epoch-time-{args.dataset}.csv"
-    rows = merge_rows(table, rows, ("model", "sparsity"), MODELS)
+    rows = merge_rows(table, rows, ("model", "sparsity", "storage"), MODELS)
     write_csv(table, COLUMNS, rows)
     description = [
         "The mean training-epoch wall time of a sparse run divided by that of a dense run of the",
         "same model, trained one after the other on one thread; the median (and range) over the",
-        "pairs. Evaluation and cost counting are not part of an epoch.",
+        "pairs. Evaluation and cost counting are not part of an epoch. Storage: how the sparse run",
+        "held its embedding tables, dense with masks or packed (`sparse_storage: True`).",
     ]
-    header = ["model", "method", "sparsity", "pairs", "epoch time / dense (median)", "range", "dense epoch (s)", "sparse epoch (s)"]
+    header = ["model", "method", "storage", "sparsity", "pairs", "epoch time / dense (median)", "range", "dense epoch (s)", "sparse epoch (s)"]
     cells = [
         [
-            row["model"], row["method"], str(row["sparsity"]), str(row["pairs"]), f"{float(row['ratio_median']):.3f}",
+            row["model"], row["method"], row["storage"], str(row["sparsity"]), str(row["pairs"]), f"{float(row['ratio_median']):.3f}",
             f"{float(row['ratio_min']):.3f}-{float(row['ratio_max']):.3f}", f"{float(row['dense_epoch_seconds']):.2f}",
             f"{float(row['sparse_epoch_seconds']):.2f}",
         ]
@@ -117,6 +126,7 @@ def main() -> int:
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per run")
     parser.add_argument("--repeats", type=int, default=3, help="(dense, sparse) pairs per model")
+    parser.add_argument("--sparse_storage", action="store_true", help="the sparse runs hold their embedding tables packed")
     parser.add_argument("--work_dir", default=None, help="results JSON of each run (default benchmarks/runs/epoch-time-<dataset>)")
     args = parser.parse_args()
     args.data_path = str(Path(args.data_path).resolve()) if args.data_path else None
@@ -127,7 +137,7 @@ def main() -> int:
         for repeat in range(args.repeats):
             for sparsity in (0.0, args.sparsity):
                 run_one(model, sparsity, repeat, args)
-        write_outputs(table_rows(args.work_dir, args.sparsity), args, commands)
+        write_outputs(table_rows(args.work_dir, args.sparsity, "packed" if args.sparse_storage else "masks"), args, commands)
     return 0
 
 

@@ -7,13 +7,14 @@ random (user, positive item, negative item) triples with BPR's loss and Adam, ``
 steps of ``--batch_size`` triples, in a process of its own per configuration so that each
 reports its own peak resident memory. ``dense`` is an ``nn.Embedding`` with Adam over the
 whole table (torch's fused kernel in both modes); ``packed`` is :class:`~recbole_dsl.sparse.packed.PackedEmbedding` at
-``--sparsity``, Adam over its values alone, with DSL's prune and grow every
+each of ``--sparsities``, Adam over its values alone, with DSL's prune and grow every
 ``--update_interval`` steps on the cosine schedule from ``--init_update_ratio``. A dense
 configuration whose parameters, gradients and Adam moments would not fit in the machine's
 memory is not started; the table says what it would need. RecBole's data pipeline is not
 involved: this measures the core alone.
 
-The table goes to ``benchmarks/results/memory.csv`` and ``docs/memory.md`` with the command.
+The table goes to ``benchmarks/results/memory.csv`` and ``docs/memory.md`` with the commands
+that made it; a run replaces the rows of the configurations it measures and keeps the others.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import json
 import math
 import os
 import resource
-import shlex
 import subprocess
 import sys
 import time
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from results_files import write_csv, write_page  # beside this script
+from results_files import merge_rows, read_rows, record_command, write_csv, write_page  # beside this script
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,15 +111,15 @@ def machine_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def run_configuration(rows: int, mode: str, args: argparse.Namespace) -> Dict:
-    row = {"rows": rows, "dim": args.dim, "mode": mode, "sparsity": 0.0 if mode == "dense" else args.sparsity, "steps": args.steps, "note": ""}
+def run_configuration(rows: int, mode: str, sparsity: float, args: argparse.Namespace) -> Dict:
+    row = {"rows": rows, "dim": args.dim, "mode": mode, "sparsity": sparsity, "steps": args.steps, "note": ""}
     if mode == "dense":
         needed = 4 * rows * args.dim * 4  # fp32 parameters, gradients and two Adam moments
         if needed > 0.8 * machine_memory_bytes():
             row["note"] = f"not run: dense parameters, gradients and Adam moments need {needed / 2**30:.1f} GiB of {machine_memory_bytes() / 2**30:.1f}"
             return row
     command = [
-        sys.executable, __file__, "--child", mode, f"--rows={rows}", f"--dim={args.dim}", f"--sparsity={args.sparsity}",
+        sys.executable, __file__, "--child", mode, f"--rows={rows}", f"--dim={args.dim}", f"--sparsities={sparsity}",
         f"--steps={args.steps}", f"--batch_size={args.batch_size}", f"--update_interval={args.update_interval}",
         f"--init_update_ratio={args.init_update_ratio}", f"--threads={args.threads}", f"--seed={args.seed}",
     ]
@@ -128,12 +128,19 @@ def run_configuration(rows: int, mode: str, args: argparse.Namespace) -> Dict:
         row["note"] = f"failed (exit {completed.returncode}): {(completed.stderr.strip().splitlines() or [''])[-1][:200]}"
         return row
     row.update(json.loads(completed.stdout.strip().splitlines()[-1]))
-    print(f"[memory] {rows:,d} rows {mode}: {row['peak_rss_bytes'] / 2**30:.2f} GiB peak, {row['step_seconds'] * 1000:.1f} ms/step", flush=True)
+    print(
+        f"[memory] {rows:,d} rows {mode} at sparsity {sparsity}: {row['peak_rss_bytes'] / 2**30:.2f} GiB peak, "
+        f"{row['step_seconds'] * 1000:.1f} ms/step", flush=True,
+    )
     return row
 
 
 def write_tables(rows: List[Dict], commands: List[str], results_dir: Path, docs_dir: Path) -> None:
-    write_csv(results_dir / "memory.csv", COLUMNS, rows)
+    """The committed table with ``rows`` in place of those of the same size, mode and sparsity."""
+    table = results_dir / "memory.csv"
+    sizes = sorted({int(row["rows"]) for row in read_rows(table) + rows})
+    rows = merge_rows(table, rows, ("rows", "mode", "sparsity"), [str(size) for size in sizes])
+    write_csv(table, COLUMNS, rows)
 
     def cell(value, scale: float, form: str) -> str:
         return "-" if value in ("", None) else form.format(float(value) * scale)
@@ -164,7 +171,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[4_000_000, 40_000_000], help="table sizes to train")
     parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.99], help="the packed tables' sparsities")
+    parser.add_argument("--modes", nargs="+", choices=["dense", "packed"], default=["dense", "packed"])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=4096)
     parser.add_argument("--update_interval", type=int, default=100)
@@ -176,12 +184,15 @@ def main() -> None:
     parser.add_argument("--child", choices=["dense", "packed"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        args.mode, args.rows = args.child, args.rows[0]
+        args.mode, args.rows, args.sparsity = args.child, args.rows[0], args.sparsities[0]
         print(json.dumps(train(args)))
         return
-    results = [run_configuration(rows, mode, args) for rows in args.rows for mode in ("dense", "packed")]
-    command = " ".join(["python benchmarks/memory.py", *map(shlex.quote, sys.argv[1:])]).strip()
-    write_tables(results, [command], Path(args.results_dir), Path(args.docs_dir))
+    docs_dir, work_dir = Path(args.docs_dir), ROOT / "benchmarks" / "runs" / "memory"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    commands = record_command("memory.py", str(work_dir), docs_dir / "memory.md")
+    configurations = [("dense", 0.0)] * ("dense" in args.modes) + [("packed", s) for s in args.sparsities] * ("packed" in args.modes)
+    results = [run_configuration(rows, mode, sparsity, args) for rows in args.rows for mode, sparsity in configurations]
+    write_tables(results, commands, Path(args.results_dir), docs_dir)
 
 
 if __name__ == "__main__":

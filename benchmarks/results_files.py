@@ -70,8 +70,8 @@ def merge_rows(path: Path, rows: List[Dict], key: Sequence[str], order: Sequence
     of the others, made by earlier runs on other machines. Kept rows are strings."""
     measured = {tuple(str(row[k]) for k in key) for row in rows}
     kept = [row for row in read_rows(path) if tuple(row[k] for k in key) not in measured]
-    rank = {name: i for i, name in enumerate(order)}
-    return sorted(kept + rows, key=lambda row: (rank.get(row[key[0]], len(rank)), *(str(row[k]) for k in key[1:])))
+    rank = {str(name): i for i, name in enumerate(order)}
+    return sorted(kept + rows, key=lambda row: (rank.get(str(row[key[0]]), len(rank)), *(str(row[k]) for k in key[1:])))
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: List[Dict]) -> None:

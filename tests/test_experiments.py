@@ -335,6 +335,11 @@ def test_epoch_time_ratios_pair_each_dense_run_with_its_sparse_run(tmp_path):
     assert (row["model"], row["method"], row["pairs"]) == ("BPR", "dsl_mixed", 3)
     assert (row["ratio_median"], row["ratio_min"], row["ratio_max"]) == (1.0, 0.9, 1.1)
     assert (row["dense_epoch_seconds"], row["sparse_epoch_seconds"]) == (2.0, 2.2)
+    assert row["storage"] == "masks" and epoch_time.table_rows(str(tmp_path), 0.9, "packed") == []
+    packed = epoch_time.run_file(str(tmp_path), "BPR", 0.9, 1, "packed")
+    packed.write_text(json.dumps({"dsl": {"dsl_method": "dsl_mixed"}, "costs": {"epoch_seconds": 3.0}}))
+    (row,) = epoch_time.table_rows(str(tmp_path), 0.9, "packed")
+    assert (row["storage"], row["pairs"], row["ratio_median"]) == ("packed", 1, 0.75)
 
 
 def test_a_benchmark_run_of_some_models_keeps_the_committed_rows_and_commands_of_the_others(tmp_path, monkeypatch):
@@ -366,5 +371,27 @@ def test_the_memory_benchmark_measures_the_state_it_trains_with():
     assert dense["train_state_bytes"] == 4 * 32000 * 4 + 4
     assert packed["train_state_bytes"] == 4 * 3200 * 4 + 4 + 2001 * 2 + 3200
     assert packed["update_seconds"] > 0 and dense["update_seconds"] == ""
-    too_big = memory.run_configuration(10**12, "dense", argparse.Namespace(dim=64, sparsity=0.9, steps=1))
+    too_big = memory.run_configuration(10**12, "dense", 0.0, argparse.Namespace(dim=64, steps=1))
     assert too_big["note"].startswith("not run: dense parameters, gradients and Adam moments need")
+
+
+def test_a_memory_run_at_another_sparsity_keeps_the_committed_rows(tmp_path):
+    memory = load_benchmark_module("memory")
+    committed = [
+        {"rows": 40_000_000, "dim": 64, "mode": "packed", "sparsity": 0.9, "train_state_bytes": 4},
+        {"rows": 4_000_000, "dim": 64, "mode": "dense", "sparsity": 0.0, "train_state_bytes": 38},
+        {"rows": 4_000_000, "dim": 64, "mode": "packed", "sparsity": 0.9, "train_state_bytes": 3},
+    ]
+    memory.write_tables(committed, ["python benchmarks/memory.py"], tmp_path, tmp_path)
+    measured = [
+        {"rows": rows, "dim": 64, "mode": "packed", "sparsity": 0.99, "train_state_bytes": rows // 10**6}
+        for rows in (40_000_000, 4_000_000)
+    ]
+    memory.write_tables(measured, ["python benchmarks/memory.py", "python benchmarks/memory.py --sparsities 0.99"], tmp_path, tmp_path)
+    rows = [(r["rows"], r["mode"], r["sparsity"], r["train_state_bytes"]) for r in csv.DictReader(open(tmp_path / "memory.csv"))]
+    assert rows == [
+        ("4000000", "dense", "0.0", "38"), ("4000000", "packed", "0.9", "3"), ("4000000", "packed", "0.99", "4"),
+        ("40000000", "packed", "0.9", "4"), ("40000000", "packed", "0.99", "40"),
+    ]
+    page = (tmp_path / "memory.md").read_text()
+    assert "    python benchmarks/memory.py --sparsities 0.99" in page and page.count("| 4,000,000 x 64 |") == 3
