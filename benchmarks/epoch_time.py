@@ -8,9 +8,10 @@ the default method) train ``--epochs`` epochs each in their own ``run_recbole_ds
 process, one thread each, alternating so that a change in the machine's load falls on
 both. With ``--sparse_storage`` the sparse runs hold their embedding tables packed (the
 property ``sparse_storage: True``). Each pair gives the ratio of the two runs' mean epoch
-times; the table reports the median ratio over the pairs. A run's results JSON is kept under ``--work_dir`` and reused
-when the benchmark runs again. The table goes to ``benchmarks/results/epoch-time-<dataset>.csv``
-and ``docs/epoch-time-<dataset>.md`` with the commands that made it.
+times; the table reports the median ratio over the pairs. A run's results JSON is kept
+under ``--work_dir`` and reused when the benchmark runs again. The table goes to
+``benchmarks/results/epoch-time-<dataset>.csv`` and ``docs/epoch-time-<dataset>.md`` with
+the commands that made it.
 """
 
 from __future__ import annotations
