@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 from results_files import merge_rows, record_command, write_csv, write_page  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ["BPR", "LightGCN", "MultiVAE"]
+MODELS = ["BPR", "LightGCN", "MultiVAE", "NeuMF"]
 COLUMNS = ["model", "test_seconds", "inference_count_seconds", "share", "inference_macs"]
 RECBOLE_EVAL_BATCH_SIZE = 4096  # RecBole's own default, which dataset property files may raise
 

@@ -38,6 +38,8 @@ def test_mf_scoring_counts_products_of_active_factors():
     assert counter.count.forward_dense == 3 * 4 * 5
     assert counter.count.forward == _product_count(mask_u[batch], mask_i.t())
     assert 0 < counter.count.forward < counter.count.forward_dense
+    # No gradient is taken under no_grad, though both tables require one.
+    assert counter.count.backward == counter.count.backward_dense == counter.count.growth_backward == 0
 
 
 def test_linear_layer_with_sparse_weight():
@@ -108,6 +110,18 @@ def test_elementwise_product_of_gathered_rows():
     assert counter.count.forward_dense == 3 * 8
     assert counter.count.forward == int((mask_u[u] & mask_i[i]).sum())
     assert counter.count.backward == 2 * counter.count.forward
+
+
+def test_counts_stay_exact_past_float32_integers():
+    """Masks are followed as float ones and zeros; a count of more than 2**24 of them
+    (where float32 stops holding every integer) is still exact."""
+    size = 2**24 + 8  # 2**24 + 7 active: odd, so no float32 holds it
+    table = torch.nn.Parameter(torch.ones(size, 1))
+    mask = torch.ones(size, 1, dtype=torch.bool)
+    mask[3] = False
+    with torch.no_grad(), MacCounter({table: mask}) as counter:
+        table * table
+    assert counter.count.forward == size - 1
 
 
 def test_scaling_and_addition_do_not_count_as_products():

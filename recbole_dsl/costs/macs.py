@@ -12,14 +12,18 @@ it, so any model is covered without a formula of its own. Products are counted t
 Structural zeros are followed through operations that move or scale data (views,
 transposes, gathers, concatenation, element-wise products, dropout); any other
 operation (an addition, a normalisation, a matrix product) yields dense values, so a
-graph model's activations are dense after its first propagation step.
+graph model's activations are dense after its first propagation step. A followed mask is
+held as ones and zeros in its tensor's own dtype: the operation that moves the data moves
+it, and its counts are float sums, which are exact and many times quicker than boolean
+reductions on CPU.
 
 Backward MACs are derived from the forward products: for a product ``A·B`` the gradient
 of each factor that requires one costs the same multiplications as the forward product
 (every forward multiplication ``a·b`` reappears once in ``∂A`` and once in ``∂B``, and
 gradients of sparsified weights are needed only at active entries). At a
 gradient-growth update the gradients of sparsified weights are needed everywhere, which
-:attr:`MacCount.growth_backward` counts.
+:attr:`MacCount.growth_backward` counts. Under ``torch.no_grad()`` (an evaluation pass) no
+gradient is taken and no backward is counted.
 """
 
 from __future__ import annotations
@@ -79,19 +83,25 @@ _MASK_PRESERVING = {
     aten.unbind.int, aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar,
     aten.neg.default, aten.relu.default, aten.tanh.default,
 }
+# Of those, the ones that may turn a mask of ones and zeros into other values (a negated,
+# squashed or scaled mask, or one multiplied by an integer tensor): their output masks are
+# made ones and zeros again.
+_RESCALING = {aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.neg.default, aten.tanh.default}
+# A float32 sum of ones and zeros is exact up to 2**24 terms.
+_EXACT_TERMS = 2**24
 
 
 class MacCounter(TorchDispatchMode):
     """Count the MACs of everything run inside ``with MacCounter(masks) as counter:``.
 
-    ``masks`` maps a sparsified parameter to its boolean mask (``True`` = active). Weights
+    ``masks`` maps a sparsified parameter to its mask (``True`` or 1 = active). Weights
     without a mask are dense. ``counter.count`` holds the totals; ``counter.by_op`` the
     dense forward MACs per ATen operation.
     """
 
     def __init__(self, masks: Mapping[torch.Tensor, torch.Tensor]) -> None:
         super().__init__()
-        self._param_masks = {id(p): (p, m.bool()) for p, m in masks.items() if not bool(m.all())}
+        self._param_masks = {id(p): (p, m.to(p.dtype)) for p, m in masks.items() if not bool(m.all())}
         self._masks: Dict[int, Any] = {}
         self.count = MacCount()
         self.by_op: Dict[str, int] = {}
@@ -106,14 +116,15 @@ class MacCounter(TorchDispatchMode):
 
     # ------------------------------------------------------------------ mask tracking
     def mask_of(self, tensor: Any) -> Optional[torch.Tensor]:
-        """The structural mask of ``tensor``, or None when it has no structural zeros."""
+        """The structural mask of ``tensor`` (ones at active entries, zeros elsewhere, in its
+        dtype), or None when it has no structural zeros."""
         entry = self._masks.get(id(tensor)) if torch.is_tensor(tensor) else None
         return entry[1] if entry is not None and entry[0]() is tensor else None
 
     def _track(self, tensor: torch.Tensor, mask: torch.Tensor) -> None:
         # A weak reference: the mask is dropped with its tensor, so long evaluations
         # don't keep every batch's masks alive.
-        if mask.shape == tensor.shape and not bool(mask.all()):
+        if mask.shape == tensor.shape and mask.numel() > 0 and bool(mask.amin() == 0):
             key = id(tensor)
             self._masks[key] = (weakref.ref(tensor, lambda _, key=key: self._masks.pop(key, None)), mask)
 
@@ -140,7 +151,7 @@ class MacCounter(TorchDispatchMode):
         masks = mask_out if isinstance(mask_out, (list, tuple)) else [mask_out]
         for tensor, mask in zip(outs, masks):
             if torch.is_tensor(tensor) and tensor.is_floating_point():
-                self._track(tensor, mask != 0)
+                self._track(tensor, (mask != 0).to(tensor.dtype) if func in _RESCALING and not _zero_one(func, args) else mask)
 
     # ------------------------------------------------------------------ counting
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -158,7 +169,7 @@ class MacCounter(TorchDispatchMode):
     def _count(self, rule, func, args, kwargs, out) -> None:
         name = func.overloadpacket.__name__
         for index, (dense, sparse, operands) in enumerate(rule(self, func, args, kwargs, out)):
-            needs_grad = [x for x in operands if torch.is_tensor(x) and x.requires_grad]
+            needs_grad = [x for x in operands if torch.is_tensor(x) and x.requires_grad] if torch.is_grad_enabled() else []
             self.by_op[name] = self.by_op.get(name, 0) + dense
             self.count.forward_dense += dense
             self.count.forward += sparse
@@ -180,11 +191,29 @@ class MacCounter(TorchDispatchMode):
             self._masks[id(operand)] = saved
 
 
+def _zero_one(func, args) -> bool:
+    """Whether an element-wise product of masks and ones (every tensor factor floating,
+    so substituted) keeps them ones and zeros."""
+    return func is aten.mul.Tensor and all(torch.is_tensor(a) and a.is_floating_point() and a.layout == torch.strided for a in args)
+
+
+def _sum_exactly(mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Active entries of a mask along ``dim`` as int64: float32 sums, over blocks short
+    enough to be exact."""
+    return sum(block.sum(dim=dim, dtype=torch.float32).to(torch.int64) for block in mask.split(_EXACT_TERMS, dim=dim))
+
+
+def _active(mask: torch.Tensor) -> int:
+    """Active entries of a mask in all."""
+    rows = mask.reshape(-1, mask.shape[-1]) if mask.dim() > 1 else mask.reshape(-1, 1)
+    return int(_sum_exactly(rows, 0).sum())
+
+
 def _active_per_k(mask: Optional[torch.Tensor], shape: Sequence[int], reduce_dim: int) -> Any:
     """Active entries along the non-contracted dimension, per contracted index."""
     if mask is None:
         return shape[reduce_dim]
-    return mask.sum(dim=reduce_dim, dtype=torch.int64)
+    return _sum_exactly(mask, reduce_dim)
 
 
 def _matmul_rule(counter: MacCounter, func, args, kwargs, out):
@@ -217,7 +246,7 @@ def _sparse_dense_rule(counter: MacCounter, s: torch.Tensor, d: torch.Tensor):
     columns = s._indices()[1]
     dense = columns.numel() * d.shape[1]
     mask = counter.mask_of(d)
-    sparse = dense if mask is None else int(mask.sum(dim=1, dtype=torch.int64)[columns].sum())
+    sparse = dense if mask is None else int(_sum_exactly(mask, 1)[columns].sum())
     yield dense, sparse, (s, d)
 
 
@@ -226,15 +255,15 @@ def _vector_rule(counter: MacCounter, func, args, kwargs, out):
     a, b = args[0], args[1]
     dense = a.numel()
     ma, mb = counter.mask_of(a), counter.mask_of(b)
-    sparse = dense if ma is None and mb is None else int(_both_active(a, ma, b, mb).sum())
+    sparse = dense if ma is None and mb is None else _active(_both_active(a, ma, b, mb))
     yield dense, sparse, (a, b)
 
 
 def _both_active(a: torch.Tensor, ma, b: torch.Tensor, mb) -> torch.Tensor:
-    """Where both (broadcast) factors are active."""
-    full_a = ma if ma is not None else torch.ones(a.shape, dtype=torch.bool, device=a.device)
-    full_b = mb if mb is not None else torch.ones(b.shape, dtype=torch.bool, device=b.device)
-    return torch.logical_and(full_a, full_b)
+    """Where both (broadcast) factors are active: ones there, zeros elsewhere."""
+    if ma is None or mb is None:
+        return (mb if ma is None else ma).expand(torch.broadcast_shapes(a.shape, b.shape))
+    return ma * mb
 
 
 def _elementwise_rule(counter: MacCounter, func, args, kwargs, out):
@@ -247,7 +276,7 @@ def _elementwise_rule(counter: MacCounter, func, args, kwargs, out):
         return
     dense = out.numel()
     ma, mb = counter.mask_of(a), counter.mask_of(b)
-    sparse = dense if ma is None and mb is None else int(_both_active(a, ma, b, mb).sum())
+    sparse = dense if ma is None and mb is None else _active(_both_active(a, ma, b, mb))
     yield dense, sparse, (a, b)
 
 
@@ -278,7 +307,7 @@ def _rnn_layer_rule(counter: MacCounter, func, args, kwargs, out):
     steps = math.prod(x.shape[:-1])
     for w in (w_ih, w_hh):
         mask = counter.mask_of(w)
-        nnz = w.numel() if mask is None else int(mask.sum())
+        nnz = w.numel() if mask is None else _active(mask)
         yield steps * w.numel(), steps * nnz, (w,)
 
 
