@@ -149,9 +149,10 @@ class MacCounter(TorchDispatchMode):
             mask_out = func(*tree_map(substitute, args), **tree_map(substitute, kwargs))
         outs = out if isinstance(out, (list, tuple)) else [out]
         masks = mask_out if isinstance(mask_out, (list, tuple)) else [mask_out]
+        zero_one = _keeps_zero_one(func, args)
         for tensor, mask in zip(outs, masks):
             if torch.is_tensor(tensor) and tensor.is_floating_point():
-                self._track(tensor, (mask != 0).to(tensor.dtype) if func in _RESCALING and not _zero_one(func, args) else mask)
+                self._track(tensor, mask if zero_one else (mask != 0).to(tensor.dtype))
 
     # ------------------------------------------------------------------ counting
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -191,9 +192,12 @@ class MacCounter(TorchDispatchMode):
             self._masks[id(operand)] = saved
 
 
-def _zero_one(func, args) -> bool:
-    """Whether an element-wise product of masks and ones (every tensor factor floating,
-    so substituted) keeps them ones and zeros."""
+def _keeps_zero_one(func, args) -> bool:
+    """Whether ``func`` applied to masks and ones gives ones and zeros: every operation
+    but those of ``_RESCALING``, and of those a product whose factors are all floating
+    (so all substituted)."""
+    if func not in _RESCALING:
+        return True
     return func is aten.mul.Tensor and all(torch.is_tensor(a) and a.is_floating_point() and a.layout == torch.strided for a in args)
 
 
