@@ -21,6 +21,7 @@ METHOD_NAMES = {
     "dense_small": "dense_small (smaller dense model)",
     "rp": "RP (static random mask)",
     "mp": "MP (dense, prune, fine-tune)",
+    "mp_best": "MP of the best dense model",
     "set": "SET (random growth)",
     "dsl": "DSL",
     "dsl_prefix": "DSL, variable-length rows",

@@ -21,6 +21,7 @@ class Method:
     explores: bool = False  # masks are pruned and grown every update_interval iterations
     growth: str = "gradient"  # gradient (DSL) or random (SET), for methods that explore
     dense_start: bool = False  # dense training, then one-shot magnitude pruning (MP)
+    prunes_at_plateau: bool = False  # MP prunes its best dense model once validation plateaus, not at a fixed epoch
     embedding_structure: str = "unstructured"  # or prefix: embedding rows of variable length
     grown_init_scale: float = 0.0  # grown weights start at zero, or random at this fraction of the active RMS
     scales_model: bool = False  # a smaller dense model with as many parameters as the budget (dense_small)
@@ -47,6 +48,13 @@ METHODS: Dict[str, Method] = {
         Method("set", "DSL's schedule with random growth (SET)", explores=True, growth="random"),
         Method("rp", "static random mask, never updated"),
         Method("mp", "dense training, one-shot magnitude pruning, fine-tuning with the mask fixed", dense_start=True),
+        Method(
+            "mp_best",
+            "mp pruning the best dense model, when the dense validation plateaus (early stopping would end the "
+            "run) or after prune_epoch_fraction of the epochs, whichever comes first",
+            dense_start=True,
+            prunes_at_plateau=True,
+        ),
         Method("dense", "every weight trains (sparsity 0)", sparse=False),
         Method(
             "dense_small",

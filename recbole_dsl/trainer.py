@@ -20,7 +20,7 @@ import random
 import shutil
 import time
 from logging import getLogger
-from typing import Dict, List, Type
+from typing import Dict, List, Optional, Type
 
 import numpy as np
 import torch
@@ -175,6 +175,7 @@ class DSLTrainerMixin:
             self.gradient_growth_updates = 0
             self.dense_iterations = 0
             self._pruned = False
+            self._best_dense_state: Optional[Dict[str, torch.Tensor]] = None
             self.mask_manager = self._create_mask_manager()
         optimizer = super()._build_optimizer(**kwargs)
         if self.config["fused_optimizer"]:
@@ -260,10 +261,18 @@ class DSLTrainerMixin:
         elif manager.is_dense:
             mode = "dense (sparsity 0): masks are all ones and never updated"
         elif method.dense_start:
-            mode = (
-                f"dense for {mp_prune_epoch(self.epochs, config['prune_epoch_fraction'])} of {self.epochs} epochs, "
-                "then magnitude pruning to the budget and fine-tuning with the mask fixed"
-            )
+            prune_epoch = mp_prune_epoch(self.epochs, config["prune_epoch_fraction"])
+            if method.prunes_at_plateau:
+                mode = (
+                    f"dense until validation plateaus (stopping_step {self.stopping_step}) or for {prune_epoch} of "
+                    f"{self.epochs} epochs, then magnitude pruning of the best dense model to the budget and "
+                    "fine-tuning with the mask fixed"
+                )
+            else:
+                mode = (
+                    f"dense for {prune_epoch} of {self.epochs} epochs, "
+                    "then magnitude pruning to the budget and fine-tuning with the mask fixed"
+                )
         elif not method.explores:
             mode = "static random mask, never updated"
         else:
@@ -384,7 +393,15 @@ class DSLTrainerMixin:
 
     def _prune_dense_model(self, epoch_idx: int) -> None:
         """MP's one-shot pruning. Validation restarts from scratch here, so RecBole's early
-        stopping and best checkpoint only ever compare models at the sparse budget."""
+        stopping and best checkpoint only ever compare models at the sparse budget.
+
+        mp_best prunes the best dense model it validated, and fine-tunes it with fresh
+        optimizer state: the moments of the later, overfitted steps do not belong to it."""
+        if self.method.prunes_at_plateau and self._best_dense_state is not None:
+            self.model.load_state_dict(self._best_dense_state)
+            self._best_dense_state = None
+            for optimizer in self.mask_manager.optimizers:
+                optimizer.state.clear()
         pruned = self.mask_manager.prune_by_magnitude()
         self._pruned = True
         self.dense_iterations = self.mask_manager.iteration
@@ -400,9 +417,18 @@ class DSLTrainerMixin:
 
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
-        self._last_valid_result = valid_result
-        self.valid_scores.append([len(self.train_loss_dict) - 1, float(valid_score)])
-        if self._in_dense_phase():
+        epoch_idx = len(self.train_loss_dict) - 1
+        self.valid_scores.append([epoch_idx, float(valid_score)])
+        if self._in_dense_phase() and self.method.prunes_at_plateau:
+            if self._improves(valid_score):
+                self._best_dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            elif self.cur_step + 1 > self.stopping_step:
+                # RecBole's early stopping would end the dense run here: prune instead, and
+                # validate the pruned model, whose score fine-tuning's early stopping starts from.
+                self._prune_dense_model(epoch_idx)
+                valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+                self.valid_scores.append([epoch_idx, float(valid_score)])
+        elif self._in_dense_phase():
             # Every dense validation counts as an improvement: early stopping cannot end
             # the run before MP prunes, and pruning resets the best score anyway.
             self.best_valid_score = -math.inf if self.valid_metric_bigger else math.inf
@@ -411,7 +437,14 @@ class DSLTrainerMixin:
             # not count towards early stopping (RecBole's early_stopping adds 1 to this, or
             # resets it to 0 on an improvement), which starts counting at T_end.
             self.cur_step = -1
+        self._last_valid_result = valid_result
         return valid_score, valid_result
+
+    def _improves(self, valid_score: float) -> bool:
+        """Whether RecBole's early stopping takes ``valid_score`` as the new best."""
+        if self.valid_metric_bigger:
+            return valid_score >= self.best_valid_score
+        return valid_score <= self.best_valid_score
 
     # ---------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
@@ -538,6 +571,9 @@ class DSLTrainerMixin:
         if "random_state" in checkpoint:
             self._restore_random_state(checkpoint["random_state"])
         self._end_iteration_measured = True
+        if self.method.prunes_at_plateau and not self._pruned:
+            # RecBole saves at every improvement: a dense checkpoint holds the best dense model so far.
+            self._best_dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.logger.info(
             f"Checkpoint loaded. Resume training from epoch {self.start_epoch} "
             f"(DSL iteration {self.mask_manager.iteration} of {self.mask_manager.schedule.end_iteration})"

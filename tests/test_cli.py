@@ -77,7 +77,7 @@ def test_dense_baseline_same_pipeline(tmp_path):
         ("--init_update_ratio=0", "invalid init_update_ratio=0"),
         ("--init_update_ratio=1.5", "invalid init_update_ratio=1.5"),
         ("--update_interval=0", "invalid update_interval=0: expected an integer >= 1 (for a static random mask use dsl_method=rp)"),
-        ("--dsl_method=magic", "invalid dsl_method='magic': expected dsl, set, rp, mp, dense, dense_small, dsl_interval, dsl_prefix, dsl_mixed, dsl_erk or dsl_momentum"),
+        ("--dsl_method=magic", "invalid dsl_method='magic': expected dsl, set, rp, mp, mp_best, dense, dense_small, dsl_interval, dsl_prefix, dsl_mixed, dsl_erk or dsl_momentum"),
         ("--dsl_method=dense --sparsity=0.8", "invalid sparsity=0.8 with dsl_method=dense"),
         ("--prune_epoch_fraction=1", "invalid prune_epoch_fraction=1"),
         ("--sparse_params=weights", "invalid sparse_params='weights'"),

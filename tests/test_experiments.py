@@ -126,7 +126,7 @@ def test_quality_runs_every_method_appends_rows_and_resumes(tiny_args, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     csv_file = tmp_path / "results" / "quality.csv"
     rows = read_csv(csv_file)
-    sparse = ("dense_small", "rp", "mp", "set", "dsl", "dsl_prefix", "dsl_mixed", "dsl_erk", "dsl_interval", "dsl_momentum")
+    sparse = ("dense_small", "rp", "mp", "mp_best", "set", "dsl", "dsl_prefix", "dsl_mixed", "dsl_erk", "dsl_interval", "dsl_momentum")
     assert [(r["method"], r["sparsity"]) for r in rows] == [("dense", "0.0")] + [(m, "0.8") for m in sparse]
     for row in rows:
         assert row["model"] == "BPR" and row["dataset"] == "tiny" and row["seed"] == "2020" and row["profile"] == "tiny"

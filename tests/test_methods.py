@@ -84,7 +84,7 @@ def test_method_settings_are_checked(tiny_data_path):
         config(dsl_method="dense", sparsity=0.5)
     with pytest.raises(DSLConfigError, match=r"invalid update_interval=0: .*use dsl_method=rp"):
         config(update_interval=0)
-    with pytest.raises(DSLConfigError, match=r"invalid dsl_method='RigL': expected dsl, set, rp, mp, dense, dense_small, dsl_interval, dsl_prefix, dsl_mixed, dsl_erk or dsl_momentum"):
+    with pytest.raises(DSLConfigError, match=r"invalid dsl_method='RigL': expected dsl, set, rp, mp, mp_best, dense, dense_small, dsl_interval, dsl_prefix, dsl_mixed, dsl_erk or dsl_momentum"):
         config(dsl_method="RigL")
     with pytest.raises(DSLConfigError, match=r"invalid prune_epoch_fraction=0"):
         config(dsl_method="mp", prune_epoch_fraction=0)
@@ -179,6 +179,71 @@ def test_mp_early_stopping_cannot_end_the_dense_phase(tiny_data_path, tmp_path, 
     assert checkpoint["epoch"] == 2 and checkpoint["pruned"]
     for name, mask in checkpoint["sparsity"]["masks"].items():
         assert int(mask.sum()) == round_budget(1 - SPARSITY, mask.numel())
+
+
+def scripted_validation(monkeypatch, scores):
+    """RecBole's validation replaced by ``scores`` in turn; returns the weights and the
+    optimizer state each validation saw."""
+    scores, seen = iter(scores), []
+
+    def validate(self, valid_data, show_progress=False):
+        weights = {n: self.model.get_parameter(n).detach().clone() for n in self.mask_manager.names}
+        seen.append((weights, sum(len(o.state) for o in self.mask_manager.optimizers)))
+        score = next(scores)
+        return score, {"mrr@10": score}
+
+    monkeypatch.setattr(Trainer, "_valid_epoch", validate)
+    return seen
+
+
+def assert_magnitude_pruned(trainer, dense_weights):
+    """The model holds ``dense_weights`` pruned to the budget by magnitude: the largest
+    entries of each tensor, at their dense values, and zeros elsewhere."""
+    for name, dense in dense_weights.items():
+        mask = trainer.mask_manager.masks[name]
+        budget = round_budget(1 - SPARSITY, mask.numel())
+        assert int(mask.sum()) == budget
+        assert dense.abs()[mask].min() >= dense.abs()[~mask].max(), name
+        weight = trainer.model.get_parameter(name).detach()
+        assert torch.equal(weight[mask], dense[mask]) and torch.all(weight[~mask] == 0), name
+
+
+@pytest.mark.slow
+def test_mp_best_prunes_the_best_dense_model_when_validation_plateaus(tiny_data_path, tmp_path, monkeypatch):
+    # Dense: 0.3, 0.5 (best, epoch 1), 0.4, 0.35: early stopping (stopping_step 1) would end
+    # the run after epoch 3, where mp_best prunes epoch 1's model and validates it (0.2).
+    # Fine-tuning: 0.25 (best, epoch 4), 0.1, 0.05: stopped after epoch 6.
+    seen = scripted_validation(monkeypatch, [0.3, 0.5, 0.4, 0.35, 0.2, 0.25, 0.1, 0.05])
+    trainer, train_data, valid_data = build(
+        tiny_data_path, tmp_path, dsl_method="mp_best", epochs=20, prune_epoch_fraction=0.9, stopping_step=1
+    )
+    best_score, _ = trainer.fit(train_data, valid_data, saved=True)
+    assert sorted(trainer.train_loss_dict) == [0, 1, 2, 3, 4, 5, 6]
+    assert best_score == 0.25 and trainer.dense_iterations == 4 * len(train_data)
+    (best_dense, _), (pruned, optimizer_states) = seen[1], seen[4]
+    assert optimizer_states == 0  # fine-tuning starts with fresh optimizer state
+    for name, weight in seen[3][0].items():
+        assert not torch.equal(weight, best_dense[name])  # two more epochs moved the dense model
+    trainer.model.load_state_dict({**trainer.model.state_dict(), **pruned})
+    assert_magnitude_pruned(trainer, best_dense)
+    assert [pair[1] for pair in trainer.valid_scores] == [0.3, 0.5, 0.4, 0.35, 0.2, 0.25, 0.1, 0.05]
+    checkpoint = torch.load(trainer.saved_model_file, weights_only=True)
+    assert checkpoint["epoch"] == 4 and checkpoint["pruned"]
+
+
+@pytest.mark.slow
+def test_mp_best_prunes_the_best_dense_model_at_the_latest_epoch(tiny_data_path, tmp_path, monkeypatch):
+    # No plateau before round(0.5 * 4) = 2 dense epochs: epoch 0's model (0.5) is pruned after epoch 1.
+    seen = scripted_validation(monkeypatch, [0.5, 0.4, 0.3, 0.2])
+    trainer, train_data, valid_data = build(
+        tiny_data_path, tmp_path, dsl_method="mp_best", epochs=4, prune_epoch_fraction=0.5, stopping_step=5
+    )
+    trainer.fit(train_data, valid_data, saved=True)
+    assert trainer.dense_iterations == 2 * len(train_data)
+    (best_dense, _), (pruned, optimizer_states) = seen[0], seen[1]
+    assert optimizer_states == 0
+    trainer.model.load_state_dict({**trainer.model.state_dict(), **pruned})
+    assert_magnitude_pruned(trainer, best_dense)
 
 
 @pytest.mark.slow
