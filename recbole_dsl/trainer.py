@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Type
 import numpy as np
 import torch
 from recbole.trainer import AbstractTrainer
-from recbole.utils import ModelType, get_trainer, set_color
+from recbole.utils import ModelType, early_stopping, get_trainer, set_color
 from torch import nn
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -420,9 +420,13 @@ class DSLTrainerMixin:
         epoch_idx = len(self.train_loss_dict) - 1
         self.valid_scores.append([epoch_idx, float(valid_score)])
         if self._in_dense_phase() and self.method.prunes_at_plateau:
-            if self._improves(valid_score):
-                self._best_dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            elif self.cur_step + 1 > self.stopping_step:
+            # What RecBole's early stopping will make of this score, asked ahead of it.
+            _, _, stops, improves = early_stopping(
+                valid_score, self.best_valid_score, self.cur_step, max_step=self.stopping_step, bigger=self.valid_metric_bigger
+            )
+            if improves:
+                self._keep_best_dense_model()
+            elif stops:
                 # RecBole's early stopping would end the dense run here: prune instead, and
                 # validate the pruned model, whose score fine-tuning's early stopping starts from.
                 self._prune_dense_model(epoch_idx)
@@ -440,11 +444,9 @@ class DSLTrainerMixin:
         self._last_valid_result = valid_result
         return valid_score, valid_result
 
-    def _improves(self, valid_score: float) -> bool:
-        """Whether RecBole's early stopping takes ``valid_score`` as the new best."""
-        if self.valid_metric_bigger:
-            return valid_score >= self.best_valid_score
-        return valid_score <= self.best_valid_score
+    def _keep_best_dense_model(self) -> None:
+        """mp_best's copy of the best dense weights so far, which it prunes."""
+        self._best_dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     # ---------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
@@ -573,7 +575,7 @@ class DSLTrainerMixin:
         self._end_iteration_measured = True
         if self.method.prunes_at_plateau and not self._pruned:
             # RecBole saves at every improvement: a dense checkpoint holds the best dense model so far.
-            self._best_dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._keep_best_dense_model()
         self.logger.info(
             f"Checkpoint loaded. Resume training from epoch {self.start_epoch} "
             f"(DSL iteration {self.mask_manager.iteration} of {self.mask_manager.schedule.end_iteration})"
