@@ -43,6 +43,7 @@ DSL_SETTINGS = (
     "shared_budget",
     "regrown_keep_values",
     "growth_gradient",
+    "scale_sparse_init",
     "sparse_storage",
 )
 RECBOLE_DIR = Path(recbole.__file__).resolve().parent
@@ -253,6 +254,8 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
         fail("shared_budget", "True or False")
     if not isinstance(config["regrown_keep_values"], bool):
         fail("regrown_keep_values", "True or False")
+    if not isinstance(config["scale_sparse_init"], bool):
+        fail("scale_sparse_init", "True or False")
     if not isinstance(config["fused_optimizer"], bool):
         fail("fused_optimizer", "True or False")
     if not isinstance(config["sparse_storage"], bool):

@@ -209,10 +209,13 @@ class DSLTrainerMixin:
             init_update_ratio=config["init_update_ratio"],
             min_update_ratio=config["min_update_ratio"],
         )
+        embeddings = set(select_parameters(self.model, "embeddings"))
         prefix_names = []
         if method.embedding_structure == "prefix":
-            embeddings = set(select_parameters(self.model, "embeddings"))
             prefix_names = [n for n in names if n in embeddings and self.model.get_parameter(n).dim() == 2]
+        # A lookup table has no fan-in: only the layers that sum over their inputs are rescaled.
+        scales_init = config["scale_sparse_init"] and method.sparse and not method.dense_start
+        scaled_init_names = [n for n in names if n not in embeddings] if scales_init else []
         try:
             manager = MaskManager(
                 self.model,
@@ -229,6 +232,7 @@ class DSLTrainerMixin:
                 grown_init_scale=method.grown_init_scale,
                 regrown_keep_values=config["regrown_keep_values"],
                 growth_gradient=config["growth_gradient"] or method.growth_gradient,
+                scaled_init_names=scaled_init_names,
             )
         except ValueError as e:
             raise DSLConfigError(f"dsl_method={method.name} cannot sparsify {config['model']}: {e}") from None
@@ -285,6 +289,8 @@ class DSLTrainerMixin:
             prefix = [n for n in manager.names if manager.structures[n] == "prefix"]
             if prefix:
                 mode += f"; variable-length rows (prefix masks) in {', '.join(prefix)}"
+        if manager.scaled_init_names:
+            mode += f"; initial weights scaled to each unit's active fan-in in {', '.join(manager.scaled_init_names)}"
         if manager.packed_names:
             mode += f"; held as active values and positions (sparse_storage): {', '.join(manager.packed_names)}"
         budget = "one budget shared by all tensors" if config["shared_budget"] else "a budget per tensor"

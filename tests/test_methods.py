@@ -94,6 +94,44 @@ def test_method_settings_are_checked(tiny_data_path):
         config(dsl_method="mp", epochs=10, eval_step=3, prune_epoch_fraction=0.96)
 
 
+def test_scale_sparse_init_rescales_the_layers_of_a_sparse_start_only(tiny_data_path, tmp_path):
+    def initial_weights(method, **overrides):
+        config = load_config(
+            "NeuMF", "tiny",
+            config_dict={
+                "data_path": tiny_data_path, "state": "ERROR", "checkpoint_dir": str(tmp_path / "saved"),
+                "dsl_method": method, "sparsity": SPARSITY, **overrides,
+            },
+        )
+        init_seed(config["seed"], config["reproducibility"])
+        train_data, _, _ = data_preparation(config, create_dataset(config))
+        return create_trainer(config, get_model("NeuMF")(config, train_data._dataset))
+
+    def weights(trainer):
+        return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+    plain_trainer, scaled_trainer = initial_weights("dsl"), initial_weights("dsl", scale_sparse_init=True)
+    manager, scaled_manager = plain_trainer.mask_manager, scaled_trainer.mask_manager
+    plain, scaled = weights(plain_trainer), weights(scaled_trainer)
+    embeddings = {"user_mf_embedding.weight", "item_mf_embedding.weight", "user_mlp_embedding.weight", "item_mlp_embedding.weight"}
+    assert set(manager.names) - set(scaled_manager.scaled_init_names) == embeddings
+    for name in manager.names:
+        mask = manager.masks[name]
+        assert torch.equal(mask, scaled_manager.masks[name]), name  # the same masks, other values
+        if name in embeddings:
+            assert torch.equal(scaled[name], plain[name]), name
+        else:
+            factor = (mask[0].numel() / mask.sum(dim=1).clamp(min=1)).sqrt().unsqueeze(1)
+            assert torch.allclose(scaled[name], plain[name] * factor), name
+            assert not torch.equal(scaled[name], plain[name]), name
+    assert_exact_budget(scaled_trainer, 1 - SPARSITY)
+    for method in ("mp_best", "dense_small"):  # a dense model keeps its dense initialisation
+        plain_trainer, scaled_trainer = initial_weights(method), initial_weights(method, scale_sparse_init=True)
+        plain, scaled = weights(plain_trainer), weights(scaled_trainer)
+        assert scaled_trainer.mask_manager.scaled_init_names == []
+        assert all(torch.equal(scaled[n], plain[n]) for n in plain)
+
+
 # ---------------------------------------------------------------- each method trained
 @pytest.mark.slow
 def test_dense_trains_every_weight(tiny_data_path, tmp_path):

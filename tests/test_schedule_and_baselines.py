@@ -146,7 +146,7 @@ def test_every_method_is_a_valid_dsl_method(tiny_data_path):
         assert load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, "dsl_method": name, **sparsity})["dsl_method"] == name
 
 
-@pytest.mark.parametrize("key", ["regrown_keep_values", "fused_optimizer"])
+@pytest.mark.parametrize("key", ["regrown_keep_values", "fused_optimizer", "scale_sparse_init"])
 @pytest.mark.parametrize("value", [1, "yes", 0.5])
 def test_switches_are_checked(tiny_data_path, key, value):
     from recbole_dsl.errors import DSLConfigError

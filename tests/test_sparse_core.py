@@ -14,6 +14,7 @@ from recbole_dsl.sparse import (
     round_budget,
     select_parameters,
 )
+from recbole_dsl.sparse.initialization import scale_to_active_fan_in_
 
 
 class TwoTower(nn.Module):
@@ -299,6 +300,47 @@ def test_clipping_counts_the_active_entries_only():
     assert float(active.norm()) == pytest.approx(1.0, rel=1e-5)
     with pytest.raises(TypeError, match="unexpected"):
         manager.clip_grad_norm_(model.parameters(), max_norm=1.0, max_nrom=2.0)
+
+
+def test_scaled_init_gives_each_unit_the_input_variance_of_its_dense_initialization():
+    torch.manual_seed(0)
+    dense = nn.Linear(2000, 64, bias=False).weight.detach().clone()
+    mask = torch.rand(dense.shape) < 0.1
+    mask[3] = False  # a unit left without any input
+    sparse = dense * mask
+    scale_to_active_fan_in_(sparse, mask)
+
+    active = mask.sum(dim=1)
+    for row in range(64):
+        factor = math.sqrt(2000 / int(active[row])) if active[row] else 1.0
+        assert torch.allclose(sparse[row], dense[row] * mask[row] * factor)
+    assert torch.all(sparse[~mask] == 0) and torch.all(sparse[3] == 0)
+    # A unit's output variance for inputs of unit variance is the sum of its squared weights:
+    # masked alone it keeps about a tenth of the dense one, scaled it keeps all of it.
+    masked = ((dense * mask).pow(2).sum(dim=1) / dense.pow(2).sum(dim=1))[active > 0]
+    scaled = (sparse.pow(2).sum(dim=1) / dense.pow(2).sum(dim=1))[active > 0]
+    assert 0.07 < float(masked.mean()) < 0.13
+    assert 0.9 < float(scaled.mean()) < 1.1
+    with pytest.raises(ValueError, match="2\\+ dimensions"):
+        scale_to_active_fan_in_(torch.ones(4), torch.ones(4, dtype=torch.bool))
+
+
+def test_manager_scales_the_initial_weights_of_the_tensors_named_only():
+    torch.manual_seed(0)
+    model = TwoTower()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    manager = MaskManager(model, ["user.weight", "proj.weight"], 0.25, schedule(), scaled_init_names=["proj.weight"])
+    mask = manager.masks["proj.weight"]
+    factor = (8 / mask.sum(dim=1).clamp(min=1)).sqrt().unsqueeze(1)
+    assert manager.scaled_init_names == ["proj.weight"]
+    assert torch.allclose(model.proj.weight, before["proj.weight"] * mask * factor)
+    assert torch.equal(model.user.weight, before["user.weight"] * manager.masks["user.weight"])
+    assert_invariant(manager)
+
+    dense_start = MaskManager(TwoTower(), ["proj.weight"], 0.25, schedule(), dense_start=True, scaled_init_names=["proj.weight"])
+    assert dense_start.scaled_init_names == []  # a dense model is initialised for its dense fan-in already
+    with pytest.raises(ValueError, match="scaled_init_names"):
+        MaskManager(TwoTower(), ["proj.weight"], 0.25, schedule(), scaled_init_names=["user.weight"])
 
 
 def test_static_mask_never_changes():

@@ -19,6 +19,7 @@ from torch import nn
 
 from recbole_dsl.sparse import optimizer_state
 from recbole_dsl.sparse.budgets import layer_densities, round_budget
+from recbole_dsl.sparse.initialization import scale_to_active_fan_in_
 from recbole_dsl.sparse.prune_grow import GROWTH_RULES, grow, prune, uniform_prefix_mask
 from recbole_dsl.sparse.schedule import CosineUpdateSchedule
 from recbole_dsl.sparse.packed import PackedEmbedding
@@ -60,7 +61,9 @@ class MaskManager:
     keeps its masks.
 
     With ``dense_start`` every weight stays active until :meth:`prune_by_magnitude`
-    cuts each group to its budget once (magnitude pruning of a dense model).
+    cuts each group to its budget once (magnitude pruning of a dense model). Otherwise the
+    tensors of ``scaled_init_names`` start with each output unit's weights scaled to the
+    fan-in its mask leaves it (:func:`~recbole_dsl.sparse.initialization.scale_to_active_fan_in_`).
 
     ``prefix_names`` are 2-D tensors (embedding tables) whose rows are kept active on a
     prefix of their columns (see :mod:`~recbole_dsl.sparse.prune_grow`): they start with
@@ -98,6 +101,7 @@ class MaskManager:
         grown_init_scale: float = 0.0,
         regrown_keep_values: bool = False,
         growth_gradient: str = "batch",
+        scaled_init_names: Iterable[str] = (),
     ) -> None:
         if not 0.0 < density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {density}")
@@ -129,10 +133,11 @@ class MaskManager:
         self._packed: Dict[str, str] = {}
 
         params = {name: self.param(name) for name in self.names}
-        prefix_names = set(prefix_names)
-        unknown = prefix_names - set(self.names)
-        if unknown:
-            raise ValueError(f"prefix_names {sorted(unknown)} are not among the sparsified tensors")
+        prefix_names, scaled_init_names = set(prefix_names), set(scaled_init_names)
+        for argument, selected in (("prefix_names", prefix_names), ("scaled_init_names", scaled_init_names)):
+            unknown = selected - set(self.names)
+            if unknown:
+                raise ValueError(f"{argument} {sorted(unknown)} are not among the sparsified tensors")
         for name in prefix_names:
             if params[name].dim() != 2:
                 raise ValueError(f"a prefix mask needs a 2-D tensor, {name} has shape {tuple(params[name].shape)}")
@@ -154,6 +159,9 @@ class MaskManager:
                 mask = mask.view(p.shape).to(p.device)
             self.storage[name] = DenseMaskedStorage(mask)
         self.apply_masks()
+        self.scaled_init_names = [] if dense_start else [n for n in self.names if n in scaled_init_names]
+        for name in self.scaled_init_names:
+            scale_to_active_fan_in_(params[name].data, self.storage[name].mask)
 
     # ------------------------------------------------------------------ queries
     def param(self, name: str) -> nn.Parameter:
