@@ -125,7 +125,7 @@ def test_scale_sparse_init_rescales_the_layers_of_a_sparse_start_only(tiny_data_
             assert torch.allclose(scaled[name], plain[name] * factor), name
             assert not torch.equal(scaled[name], plain[name]), name
     assert_exact_budget(scaled_trainer, 1 - SPARSITY)
-    for method in ("mp_best", "dense_small"):  # a dense model keeps its dense initialisation
+    for method in ("mp_best", "dense_small"):  # a dense model keeps its dense initialization
         plain_trainer, scaled_trainer = initial_weights(method), initial_weights(method, scale_sparse_init=True)
         plain, scaled = weights(plain_trainer), weights(scaled_trainer)
         assert scaled_trainer.mask_manager.scaled_init_names == []
