@@ -213,8 +213,9 @@ class DSLTrainerMixin:
         prefix_names = []
         if method.embedding_structure == "prefix":
             prefix_names = [n for n in names if n in embeddings and self.model.get_parameter(n).dim() == 2]
-        # A lookup table has no fan-in: only the layers that sum over their inputs are rescaled.
-        scales_init = config["scale_sparse_init"] and method.sparse and not method.dense_start
+        # A lookup table has no fan-in: only the layers that sum over their inputs are rescaled
+        # (the manager leaves a dense start as it is).
+        scales_init = config["scale_sparse_init"] and method.sparse
         scaled_init_names = [n for n in names if n not in embeddings] if scales_init else []
         try:
             manager = MaskManager(

@@ -338,7 +338,7 @@ def test_manager_scales_the_initial_weights_of_the_tensors_named_only():
     assert_invariant(manager)
 
     dense_start = MaskManager(TwoTower(), ["proj.weight"], 0.25, schedule(), dense_start=True, scaled_init_names=["proj.weight"])
-    assert dense_start.scaled_init_names == []  # a dense model is initialised for its dense fan-in already
+    assert dense_start.scaled_init_names == []  # a dense model is initialized for its dense fan-in already
     with pytest.raises(ValueError, match="scaled_init_names"):
         MaskManager(TwoTower(), ["proj.weight"], 0.25, schedule(), scaled_init_names=["user.weight"])
 

@@ -2,9 +2,9 @@
 
 A layer initialized for its dense fan-in and then masked to density ``d`` sums about ``d`` of
 the inputs its weights were drawn for: each unit's pre-activation variance starts ``d`` times
-too small, and its activations and gradients ``sqrt(d)`` times, layer after layer. Evci et al. (Gradient Flow in
-Sparse Neural Networks and How Lottery Tickets Win, arXiv 2010.03533) scale each unit's
-initial weights to the fan-in its mask leaves it instead.
+too small, and its activations and gradients ``sqrt(d)`` times, layer after layer. Evci et
+al. (Gradient Flow in Sparse Neural Networks and How Lottery Tickets Win, arXiv 2010.03533)
+scale each unit's initial weights to the fan-in its mask leaves it instead.
 """
 
 from __future__ import annotations
