@@ -112,6 +112,66 @@ def test_elementwise_product_of_gathered_rows():
     assert counter.count.backward == 2 * counter.count.forward
 
 
+def _neumf_scores(tables, weight, pairs):
+    """NeuMF's forward on pairs: a GMF product and an MLP layer over concatenated rows,
+    then a layer over both."""
+    user_mf, item_mf, user_mlp, item_mlp = tables
+    users, items = pairs
+    gmf = F.embedding(users, user_mf) * F.embedding(items, item_mf)
+    mlp = torch.relu(F.linear(torch.cat((F.embedding(users, user_mlp), F.embedding(items, item_mlp)), -1), weight))
+    return F.linear(torch.cat((gmf, mlp), -1), torch.ones(1, 8))
+
+
+@pytest.mark.parametrize("pairs", ["every pair", "random pairs"])
+def test_gathered_rows_count_as_their_rows(pairs):
+    """Lookups, their products and concatenations count as the rows they gather, without
+    the rows (a full sort's pairs, one user and all items, then random training pairs)."""
+    tables = [torch.nn.Parameter(torch.randn(rows, 4)) for rows in (5, 7, 5, 7)]
+    weight = torch.nn.Parameter(torch.randn(4, 8))
+    masks = [_mask(t.shape, 0.5, seed) for seed, t in enumerate(tables)] + [_mask((4, 8), 0.5, 9)]
+    if pairs == "every pair":
+        users, items = torch.arange(5).repeat_interleave(7), torch.arange(7).repeat(5)
+    else:
+        generator = torch.Generator().manual_seed(3)
+        users, items = torch.randint(5, (40,), generator=generator), torch.randint(7, (40,), generator=generator)
+    with torch.no_grad(), MacCounter(dict(zip([*tables, weight], masks))) as counter:
+        _neumf_scores(tables, weight, (users, items))
+    mu_mf, mi_mf, mu_mlp, mi_mlp, mw = (m.float() for m in masks)
+    gmf = mu_mf[users] * mi_mf[items]
+    mlp_input = torch.cat((mu_mlp[users], mi_mlp[items]), -1)
+    first_layer = int((mlp_input.sum(0) * mw.t().sum(1)).sum())  # per input column: its rows times its weights
+    assert counter.count.forward == int(gmf.sum()) + first_layer + int(gmf.sum()) + len(users) * 4
+    assert counter.count.forward_dense == len(users) * (4 + 8 * 4 + 8)
+
+
+def test_counting_without_values_gives_the_same_figures_and_skips_the_work():
+    """With values=False the products are counted and not computed: no product reaches
+    the kernels (a mode below the counter sees what it runs)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Kernels(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.products = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.products += func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) and args[1].device.type != "meta"
+            return func(*args, **(kwargs or {}))
+
+    tables = [torch.nn.Parameter(torch.randn(rows, 4)) for rows in (5, 7, 5, 7)]
+    weight = torch.nn.Parameter(torch.randn(4, 8))
+    masks = dict(zip([*tables, weight], [_mask(t.shape, 0.5, seed) for seed, t in enumerate([*tables, weight])]))
+    pairs = torch.arange(5).repeat_interleave(7), torch.arange(7).repeat(5)
+    counts = {}
+    for values in (True, False):
+        with torch.no_grad(), Kernels() as kernels, MacCounter(masks, values=values) as counter:
+            scores = _neumf_scores(tables, weight, pairs)
+        counts[values] = counter.count, kernels.products
+    assert scores.shape == (35, 1)
+    assert counts[False][0] == counts[True][0]
+    assert (counts[True][1], counts[False][1]) == (2, 0)
+
+
 def test_counts_stay_exact_past_float32_integers():
     """Masks are followed as float ones and zeros; a count of more than 2**24 of them
     (where float32 stops holding every integer) is still exact."""
@@ -253,15 +313,62 @@ SEQUENTIAL = {"MAX_ITEM_LIST_LENGTH": 10, "hidden_size": 16, "inner_size": 32, "
 
 
 @pytest.mark.parametrize("model_name", ["BPR", "LightGCN", "NeuMF", "MultiVAE", "DMF", "SASRec"])
-def test_full_sort_counted_on_chunks_equals_the_count_batch_by_batch(tiny_data_path, tmp_path, model_name):
+def test_full_sort_counted_on_chunks_equals_the_count_batch_by_batch(tiny_data_path, tmp_path, monkeypatch, model_name):
     from recbole_dsl.costs.measure import count_full_sort_in_chunks, count_inference
 
     # eval_batch_size 800 scores two of the 400 items' users per batch: 50 batches.
     trainer, test_data = trained_trainer(model_name, tiny_data_path, tmp_path, **(SEQUENTIAL if model_name == "SASRec" else {"eval_batch_size": 800}))
     expected = count_batch_by_batch(trainer, test_data)
     assert expected.forward > 0 and expected.forward < expected.forward_dense
+    counters = counters_made(monkeypatch)
     assert count_full_sort_in_chunks(trainer, test_data) == expected  # the chunks are used, and agree
+    assert not counters[-1].values  # and were counted on shapes and masks only
     assert count_inference(trainer, test_data) == expected
+
+
+def counters_made(monkeypatch):
+    """The counters the cost measurement makes from now on, in order."""
+    from recbole_dsl.costs import measure
+
+    made = []
+
+    def record(*args, **kwargs):
+        made.append(MacCounter(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(measure, "MacCounter", record)
+    return made
+
+
+def test_a_count_that_changes_without_values_is_counted_with_them(tiny_data_path, tmp_path, monkeypatch):
+    """A model whose work follows its values (here: a product as long as its scores are
+    not zero) is counted on its values; outputs left as zeros rather than uninitialised
+    make the difference certain."""
+    from recbole_dsl.costs import macs
+    from recbole_dsl.costs.measure import count_full_sort_in_chunks
+
+    trainer, test_data = trained_trainer("BPR", tiny_data_path, tmp_path, eval_batch_size=800)
+    model = trainer.model
+    plain = type(model).full_sort_predict
+
+    def with_value_dependent_work(interaction):
+        scores = plain(model, interaction)
+        rows = int((scores.view(len(interaction), -1) != 0).any(dim=1).sum())  # the batch's users, when scores are computed
+        torch.mm(torch.ones(rows, 4), torch.ones(4, 3))
+        return scores
+
+    uninitialized = macs._uninitialized_output
+
+    def zeros(func, args, kwargs):
+        out = uninitialized(func, args, kwargs)
+        return out.zero_() if torch.is_tensor(out) else out
+
+    monkeypatch.setattr(model, "full_sort_predict", with_value_dependent_work)
+    monkeypatch.setattr(macs, "_uninitialized_output", zeros)
+    expected = count_batch_by_batch(trainer, test_data)
+    counters = counters_made(monkeypatch)
+    assert count_full_sort_in_chunks(trainer, test_data) == expected
+    assert counters[-1].values
 
 
 def test_work_per_batch_that_does_not_grow_with_its_users_is_counted_batch_by_batch(tiny_data_path, tmp_path, monkeypatch):

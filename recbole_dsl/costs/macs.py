@@ -24,10 +24,20 @@ gradients of sparsified weights are needed only at active entries). At a
 gradient-growth update the gradients of sparsified weights are needed everywhere, which
 :attr:`MacCount.growth_backward` counts. Under ``torch.no_grad()`` (an evaluation pass) no
 gradient is taken and no backward is counted.
+
+Counting the full sort of a model that scores every (user, item) pair through its own
+forward (NeuMF) repeats the test pass's work, and its masks would be one row per pair. So
+the mask of an embedding lookup is kept as the table's mask and the looked-up indices,
+and so are products and concatenations of such masks, until an operation other than a
+product needs it whole; and with ``values=False`` the counter runs the model on shapes
+and masks only, leaving the outputs of operations uninitialised (the counts depend on
+shapes and masks alone, except in a model whose shapes follow its values, which its
+caller must rule out).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from dataclasses import dataclass
@@ -96,13 +106,15 @@ class MacCounter(TorchDispatchMode):
 
     ``masks`` maps a sparsified parameter to its mask (``True`` or 1 = active). Weights
     without a mask are dense. ``counter.count`` holds the totals; ``counter.by_op`` the
-    dense forward MACs per ATen operation.
+    dense forward MACs per ATen operation. With ``values=False`` operations that make new
+    floating tensors from strided ones return them uninitialised.
     """
 
-    def __init__(self, masks: Mapping[torch.Tensor, torch.Tensor]) -> None:
+    def __init__(self, masks: Mapping[torch.Tensor, torch.Tensor], values: bool = True) -> None:
         super().__init__()
         self._param_masks = {id(p): (p, m.to(p.dtype)) for p, m in masks.items() if not bool(m.all())}
         self._masks: Dict[int, Any] = {}
+        self.values = values
         self.count = MacCount()
         self.by_op: Dict[str, int] = {}
 
@@ -118,25 +130,65 @@ class MacCounter(TorchDispatchMode):
     def mask_of(self, tensor: Any) -> Optional[torch.Tensor]:
         """The structural mask of ``tensor`` (ones at active entries, zeros elsewhere, in its
         dtype), or None when it has no structural zeros."""
+        mask = self._held_mask(tensor)
+        if mask is None or torch.is_tensor(mask):
+            return mask
+        reference, _ = self._masks[id(tensor)]
+        mask = mask.materialize()
+        self._masks[id(tensor)] = (reference, mask)
+        return mask
+
+    def _held_mask(self, tensor: Any) -> Any:
+        """The mask of ``tensor`` as held: a tensor, a lazy mask, or None."""
         entry = self._masks.get(id(tensor)) if torch.is_tensor(tensor) else None
         return entry[1] if entry is not None and entry[0]() is tensor else None
 
-    def _track(self, tensor: torch.Tensor, mask: torch.Tensor) -> None:
+    def _track(self, tensor: torch.Tensor, mask: Any) -> None:
         # A weak reference: the mask is dropped with its tensor, so long evaluations
-        # don't keep every batch's masks alive.
-        if mask.shape == tensor.shape and mask.numel() > 0 and bool(mask.amin() == 0):
-            key = id(tensor)
-            self._masks[key] = (weakref.ref(tensor, lambda _, key=key: self._masks.pop(key, None)), mask)
+        # don't keep every batch's masks alive. A lazy mask is kept without looking for
+        # its zeros: a mask of ones counts as no mask.
+        if tuple(mask.shape) != tuple(tensor.shape) or tensor.numel() == 0:
+            return
+        if torch.is_tensor(mask) and not bool(mask.amin() == 0):
+            return
+        key = id(tensor)
+        self._masks[key] = (weakref.ref(tensor, lambda _, key=key: self._masks.pop(key, None)), mask)
+
+    def _lazy_mask(self, func, args, out) -> Any:
+        """The mask of ``out`` kept lazily, or None where it must be computed: an embedding
+        lookup in a sparsified table, the element-wise product of two lookups of one shape,
+        and a concatenation of lookups, their products and other tensors along the last
+        dimension."""
+        if func is aten.embedding.default:
+            table = self._held_mask(args[0])
+            return _GatheredRows(table, args[1]) if torch.is_tensor(table) and table.dim() == 2 else None
+        if func is aten.mul.Tensor:
+            a, b = (self._held_mask(x) for x in args[:2])
+            same = isinstance(a, _GatheredRows) and isinstance(b, _GatheredRows) and a.shape == b.shape == tuple(out.shape)
+            return _RowProduct(a, b) if same else None
+        if func is aten.cat.default and torch.is_tensor(out):
+            dim = args[1] if len(args) > 1 else 0
+            parts = [x for x in args[0] if x.numel() > 0]
+            if dim % out.dim() != out.dim() - 1 or any(x.shape[:-1] != out.shape[:-1] for x in parts):
+                return None
+            masks = [self._held_mask(x) for x in parts]
+            if any(isinstance(m, _LAZY) for m in masks):
+                return _Concatenated([m if m is not None else x.shape[-1] for x, m in zip(parts, masks)], tuple(out.shape))
+        return None
 
     def _propagate(self, func, args, kwargs, out) -> None:
         if func is aten.native_dropout.default:
-            mask = self.mask_of(args[0])
+            mask = self._held_mask(args[0])
             if mask is not None:
                 self._track(out[0], mask)
             return
         if func not in _MASK_PRESERVING:
-            if func._schema.is_mutable and args and self.mask_of(args[0]) is not None:
+            if func._schema.is_mutable and args and self._held_mask(args[0]) is not None:
                 del self._masks[id(args[0])]  # written in place: its zeros may be gone
+            return
+        lazy = self._lazy_mask(func, args, out)
+        if lazy is not None:
+            self._track(out, lazy)
             return
 
         def substitute(x: Any) -> Any:
@@ -157,13 +209,15 @@ class MacCounter(TorchDispatchMode):
     # ------------------------------------------------------------------ counting
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = None if self.values else _uninitialized_output(func, args, kwargs)
+        if out is None:
+            out = func(*args, **kwargs)
         if torch._C._current_autograd_node() is not None:
             return out  # backward work is derived from the forward products
         rule = _RULES.get(func) or (_registry_rule if func.overloadpacket in flop_registry else None)
         if rule is not None:
             self._count(rule, func, args, kwargs, out)
-        if any(self.mask_of(a) is not None for a in tree_flatten((args, kwargs))[0]):
+        if any(self._held_mask(a) is not None for a in tree_flatten((args, kwargs))[0]):
             self._propagate(func, args, kwargs, out)
         return out
 
@@ -177,7 +231,7 @@ class MacCounter(TorchDispatchMode):
             self.count.backward_dense += dense * len(needs_grad)
             self.count.backward += sparse * len(needs_grad)
             for operand in needs_grad:
-                if self.mask_of(operand) is None:
+                if self._held_mask(operand) is None:
                     self.count.growth_backward += sparse
                 else:
                     self.count.growth_backward += self._without_mask(rule, index, func, args, kwargs, out, operand)
@@ -190,6 +244,112 @@ class MacCounter(TorchDispatchMode):
             return list(rule(self, func, args, kwargs, out))[index][1]
         finally:
             self._masks[id(operand)] = saved
+
+
+class _GatheredRows:
+    """The mask of ``table[index]``, rows of a sparsified table looked up for a batch, held
+    as the table's mask and the indices: a full sort's pairs would need a row for each."""
+
+    def __init__(self, table: torch.Tensor, index: torch.Tensor) -> None:
+        self.table, self.index, self.device = table, index, table.device
+        self.shape = (*index.shape, table.shape[1])
+
+    def materialize(self) -> torch.Tensor:
+        return self.table[self.index]
+
+    @functools.cached_property
+    def column_active(self) -> torch.Tensor:
+        """Active entries of each column, over all the looked-up rows (int64)."""
+        looked_up = torch.bincount(self.index.reshape(-1), minlength=self.table.shape[0])
+        return (looked_up.to(torch.float64) @ self.table.to(torch.float64)).round().to(torch.int64)
+
+
+class _RowProduct:
+    """The mask of the element-wise product of two lookups of one shape (an MF score's
+    factors): active where both rows are."""
+
+    def __init__(self, a: _GatheredRows, b: _GatheredRows) -> None:
+        self.a, self.b, self.shape, self.device = a, b, a.shape, a.device
+
+    def materialize(self) -> torch.Tensor:
+        return self.a.materialize() * self.b.materialize()
+
+    @functools.cached_property
+    def column_active(self) -> torch.Tensor:
+        """Active entries of each column: the sum over pairs ``p`` of ``a[i_p] * b[j_p]``,
+        as the pairs' counts between the distinct rows of each side times the two tables'
+        rows, which holds no row per pair. Where the distinct rows are too many for that
+        (random pairs of a training batch), the rows of the pairs are multiplied."""
+        i, j = self.a.index.reshape(-1), self.b.index.reshape(-1)
+        rows_i, position_i = _distinct(i, self.a.table.shape[0])
+        rows_j, position_j = _distinct(j, self.b.table.shape[0])
+        if len(rows_i) * len(rows_j) > 2 * len(i):
+            return _sum_exactly(self.a.table[i] * self.b.table[j], 0)
+        pairs = torch.zeros(len(rows_i), len(rows_j), dtype=torch.float64, device=i.device)
+        pairs.index_put_((position_i, position_j), torch.ones(len(i), dtype=torch.float64, device=i.device), accumulate=True)
+        table_i, table_j = self.a.table[rows_i].to(torch.float64), self.b.table[rows_j].to(torch.float64)
+        return ((pairs @ table_j) * table_i).sum(dim=0).round().to(torch.int64)
+
+
+class _Concatenated:
+    """The mask of a concatenation along the last dimension: each part a lazy mask, a
+    mask, or the width of a part without structural zeros."""
+
+    def __init__(self, parts: Sequence[Any], shape: Sequence[int]) -> None:
+        self.parts, self.shape = list(parts), tuple(shape)
+        self.device = next(p for p in self.parts if not isinstance(p, int)).device
+
+    def materialize(self) -> torch.Tensor:
+        masks = [None if isinstance(p, int) else p if torch.is_tensor(p) else p.materialize() for p in self.parts]
+        like = next(m for m in masks if m is not None)
+        return torch.cat([
+            m if m is not None else like.new_ones(*self.shape[:-1], p) for m, p in zip(masks, self.parts)
+        ], dim=-1)
+
+    @functools.cached_property
+    def column_active(self) -> torch.Tensor:
+        rows = math.prod(self.shape[:-1])
+        return torch.cat([
+            torch.full((p,), rows, dtype=torch.int64, device=self.device) if isinstance(p, int)
+            else _sum_exactly(p.reshape(-1, p.shape[-1]), 0) if torch.is_tensor(p) else p.column_active
+            for p in self.parts
+        ])
+
+
+_LAZY = (_GatheredRows, _RowProduct, _Concatenated)
+
+
+def _distinct(index: torch.Tensor, rows: int) -> tuple:
+    """The distinct rows ``index`` holds, and the position of each of its entries among
+    them: a bincount rather than a sort."""
+    present = torch.bincount(index, minlength=rows) > 0
+    return present.nonzero().squeeze(1), (present.cumsum(0) - 1)[index]
+
+
+def _on_meta(x: Any) -> Any:
+    return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta") if torch.is_tensor(x) else x
+
+
+def _uninitialized_output(func, args, kwargs) -> Any:
+    """The output of ``func``, with its shapes, strides and dtypes read from the meta
+    device, left uninitialised; None where the operation must run: a view or an in-place
+    operation, an input that is not a strided tensor, an output that is not floating (an
+    index), a shape the meta device cannot tell."""
+    schema = func._schema
+    if schema.is_mutable or any(r.alias_info is not None for r in schema.returns):
+        return None
+    tensors = [x for x in tree_flatten((args, kwargs))[0] if torch.is_tensor(x)]
+    if not tensors or any(t.layout != torch.strided for t in tensors):
+        return None
+    try:
+        meta = func(*tree_map(_on_meta, args), **tree_map(_on_meta, kwargs))
+    except (NotImplementedError, RuntimeError):
+        return None
+    outs = meta if isinstance(meta, (tuple, list)) else [meta]
+    if not all(torch.is_tensor(o) and o.is_floating_point() for o in outs):
+        return None
+    made = [torch.empty_strided(o.shape, o.stride(), dtype=o.dtype, device=tensors[0].device) for o in outs]
+    return type(meta)(made) if isinstance(meta, (tuple, list)) else made[0]
 
 
 def _keeps_zero_one(func, args) -> bool:
@@ -228,11 +388,17 @@ def _matmul_rule(counter: MacCounter, func, args, kwargs, out):
         yield from _sparse_dense_rule(counter, a, b)
         return
     dense = math.prod(a.shape) * b.shape[-1]
-    ma, mb = counter.mask_of(a), counter.mask_of(b)
+    ma = counter._held_mask(a)
+    if isinstance(ma, _LAZY) and a.dim() == 2:
+        per_k_a = ma.column_active  # a lookup's rows, products and concatenations of them
+    else:
+        ma = counter.mask_of(a)
+        per_k_a = _active_per_k(ma, a.shape, a.dim() - 2)
+    mb = counter.mask_of(b)
     if ma is None and mb is None:
         sparse = dense
     else:
-        per_k = _active_per_k(ma, a.shape, a.dim() - 2) * _active_per_k(mb, b.shape, b.dim() - 1)
+        per_k = per_k_a * _active_per_k(mb, b.shape, b.dim() - 1)
         sparse = int(per_k.sum()) if torch.is_tensor(per_k) else dense
     yield dense, sparse, (a, b)
 
@@ -279,6 +445,10 @@ def _elementwise_rule(counter: MacCounter, func, args, kwargs, out):
     if not (a.is_floating_point() and b.is_floating_point()):
         return
     dense = out.numel()
+    ma, mb = counter._held_mask(a), counter._held_mask(b)
+    if isinstance(ma, _GatheredRows) and isinstance(mb, _GatheredRows) and ma.shape == mb.shape == tuple(out.shape):
+        yield dense, int(_RowProduct(ma, mb).column_active.sum()), (a, b)
+        return
     ma, mb = counter.mask_of(a), counter.mask_of(b)
     sparse = dense if ma is None and mb is None else _active(_both_active(a, ma, b, mb))
     yield dense, sparse, (a, b)

@@ -50,6 +50,10 @@ def count_inference(trainer: DSLTrainerMixin, eval_data) -> MacCount:
 
 # Scores of one counted chunk of a full sort (users times items): 64 MiB of fp32.
 CHUNK_SCORES = 2**24
+# Pairs a model without a full sort of its own predicts at once while its count runs on
+# shapes and masks only (RecBole: eval_batch_size): an operation that needs a mask whole
+# then holds one row of it per pair.
+COUNTED_PAIRS = 2**18
 
 
 def scoring_batch(eval_data: FullSortEvalDataLoader, users: range) -> tuple:
@@ -67,7 +71,11 @@ def count_full_sort_in_chunks(trainer: DSLTrainerMixin, eval_data: FullSortEvalD
     time; None when the model's count of two batches together is not the sum of theirs
     (work per batch that does not grow with its users), for the caller to count batch by
     batch. Work the pass does once and caches (LightGCN's propagation) is the difference
-    between the first batch counted first and counted again, and is added once."""
+    between the first batch counted first and counted again, and is added once.
+
+    Where the first two batches count the same without their values (shapes and masks
+    only, :class:`MacCounter` with ``values=False``) and with more pairs per prediction,
+    the chunks are counted that way: the count then does not repeat the model's work."""
     step, size = eval_data.step, eval_data.sample_size
     if size < 2 * step:
         return None
@@ -78,23 +86,37 @@ def count_full_sort_in_chunks(trainer: DSLTrainerMixin, eval_data: FullSortEvalD
         trainer.item_tensor = eval_data._dataset.get_item_feature().to(trainer.device)
 
     masks = parameter_masks(trainer)
+    recbole_pairs = trainer.test_batch_size
 
-    def count(*chunks: range) -> MacCount:
-        counter = MacCounter(masks)  # one for all chunks: its set-up reads every mask
-        for chunk in chunks:
-            batch = scoring_batch(eval_data, chunk)  # not counted
-            with counter:
-                trainer._full_sort_batch_eval(batch)
+    def count(*chunks: range, values: bool = True) -> MacCount:
+        counter = MacCounter(masks, values=values)  # one for all chunks: its set-up reads every mask
+        trainer.test_batch_size = recbole_pairs if values else max(recbole_pairs, COUNTED_PAIRS)
+        try:
+            for chunk in chunks:
+                batch = scoring_batch(eval_data, chunk)  # not counted
+                with counter:
+                    trainer._full_sort_batch_eval(batch)
+        finally:
+            trainer.test_batch_size = recbole_pairs
         return counter.count
 
     first, second = range(0, step), range(step, 2 * step)
     with_cached_work = count(first)  # what the pass computes once and caches comes with its first batch
     first_alone, second_alone = count(first), count(second)
-    if count(range(0, 2 * step)) != first_alone + second_alone:
+    together = count(range(0, 2 * step))
+    if together != first_alone + second_alone:
         return None
     width = max(step, CHUNK_SCORES // trainer.tot_item_num)
     chunks = [range(start, min(start + width, size)) for start in range(0, size, width)]
-    return with_cached_work - first_alone + count(*chunks)
+    counted = None
+    try:
+        if count(range(0, 2 * step), values=False) == together:
+            counted = count(*chunks, values=False)
+    except Exception:  # a model that cannot run on uninitialised values (an index read from them)
+        counted = None
+    if counted is None:
+        counted = count(*chunks)
+    return with_cached_work - first_alone + counted
 
 
 def count_training_step(trainer: DSLTrainerMixin, train_data, max_batches: int) -> MacCount:
