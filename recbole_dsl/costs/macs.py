@@ -165,7 +165,7 @@ class MacCounter(TorchDispatchMode):
         if func is aten.mul.Tensor:
             a, b = (self._held_mask(x) for x in args[:2])
             same = isinstance(a, _GatheredRows) and isinstance(b, _GatheredRows) and a.shape == b.shape == tuple(out.shape)
-            return _RowProduct(a, b) if same else None
+            return a.times(b) if same else None
         if func is aten.cat.default and torch.is_tensor(out):
             dim = args[1] if len(args) > 1 else 0
             parts = [x for x in args[0] if x.numel() > 0]
@@ -253,9 +253,15 @@ class _GatheredRows:
     def __init__(self, table: torch.Tensor, index: torch.Tensor) -> None:
         self.table, self.index, self.device = table, index, table.device
         self.shape = (*index.shape, table.shape[1])
+        self._products: Dict[int, "_RowProduct"] = {}
 
     def materialize(self) -> torch.Tensor:
         return self.table[self.index]
+
+    def times(self, other: "_GatheredRows") -> "_RowProduct":
+        """The mask of this lookup times ``other``, one object for the product's count and
+        for the operations that read its output, so its columns are summed once."""
+        return self._products.setdefault(id(other), _RowProduct(self, other))
 
     @functools.cached_property
     def column_active(self) -> torch.Tensor:
@@ -447,7 +453,7 @@ def _elementwise_rule(counter: MacCounter, func, args, kwargs, out):
     dense = out.numel()
     ma, mb = counter._held_mask(a), counter._held_mask(b)
     if isinstance(ma, _GatheredRows) and isinstance(mb, _GatheredRows) and ma.shape == mb.shape == tuple(out.shape):
-        yield dense, int(_RowProduct(ma, mb).column_active.sum()), (a, b)
+        yield dense, int(ma.times(mb).column_active.sum()), (a, b)
         return
     ma, mb = counter.mask_of(a), counter.mask_of(b)
     sparse = dense if ma is None and mb is None else _active(_both_active(a, ma, b, mb))
