@@ -240,8 +240,8 @@ class GradientMasking(MaskManager):
 
     def _pre_step(self, optimizer, args, kwargs):
         super()._pre_step(optimizer, args, kwargs)
-        for name in self._owned_names(optimizer):
-            self.param(name).grad.mul_(self.masks[name])
+        for name, param in self._owned_tensors(optimizer):
+            param.grad.mul_(self.masks[name])
 
 
 OPTIMIZERS = {
@@ -386,21 +386,23 @@ def test_state_dict_round_trip_weights_only():
     assert_invariant(restored)
 
 
-@pytest.mark.parametrize("growth_gradient, expected", [("batch", 3), ("interval", 2)])
+@pytest.mark.parametrize("growth_gradient, expected", [("batch", 2), ("interval", 3)])
 def test_interval_growth_ranks_the_gradient_summed_since_the_last_update(growth_gradient, expected):
     model = nn.Module()
     model.w = nn.Parameter(torch.zeros(1, 4))
-    manager = MaskManager(model, ["w"], 0.5, schedule(update_interval=2, init_update_ratio=0.5, end_iteration=4),
+    manager = MaskManager(model, ["w"], 0.5, schedule(update_interval=4, init_update_ratio=0.5, end_iteration=8),
                           growth_gradient=growth_gradient)
     manager.set_mask("w", torch.tensor([[True, True, False, False]]))
     with torch.no_grad():
         model.w.copy_(torch.tensor([[0.9, 0.1, 0.0, 0.0]]))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     manager.attach(optimizer)
-    for gradient in ([0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 1.0]):  # the update comes with the second
+    # The update comes with the fourth step: the batch's gradient favours entry 2, the sum
+    # of the four entry 3 (4.0 against 3.5), the first step's alone entry 2.
+    for gradient in ([0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 2.0], [0.0, 0.0, 0.0, 2.0], [0.0, 0.0, 0.5, 0.0]):
         model.w.grad = torch.tensor([gradient])
         optimizer.step()
-    # rho_2 = 0.25, k = 1: the smaller weight (0.1) is pruned, and one inactive entry grown
+    # rho_4 = 0.25, k = 1: the smaller weight (0.1) is pruned, and one inactive entry grown
     assert manager.masks["w"].tolist()[0] == [True, False, expected == 2, expected == 3]
     assert manager._accumulated == {}  # the sum restarts after an update
     with pytest.raises(ValueError, match="unknown growth gradient"):

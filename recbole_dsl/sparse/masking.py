@@ -23,7 +23,7 @@ from recbole_dsl.sparse.initialization import scale_to_active_fan_in_
 from recbole_dsl.sparse.prune_grow import GROWTH_RULES, grow, prune, uniform_prefix_mask
 from recbole_dsl.sparse.schedule import CosineUpdateSchedule
 from recbole_dsl.sparse.packed import PackedEmbedding
-from recbole_dsl.sparse.storage import DenseMaskedStorage, MaskedStorage, PackedStorage
+from recbole_dsl.sparse.storage import DenseMaskedStorage, MaskedStorage, PackedStorage, zero_inactive_
 
 GROWTH_MODES = tuple(GROWTH_RULES)
 GROWTH_GRADIENTS = ("batch", "interval", "momentum")
@@ -119,7 +119,7 @@ class MaskManager:
         self.iteration = 0
         self._pending_ratio: Dict[int, float] = {}
         self._optimizers: List[torch.optim.Optimizer] = []
-        self._owned: Dict[int, Tuple[int, List[str]]] = {}
+        self._owned: Dict[int, Tuple[int, List[Tuple[str, nn.Parameter]]]] = {}
         self._generator = torch.Generator().manual_seed(seed)
         self.grown_init_scale = grown_init_scale
         self.regrown_keep_values = regrown_keep_values
@@ -268,14 +268,16 @@ class MaskManager:
         optimizer.register_step_pre_hook(self._pre_step)
         optimizer.register_step_post_hook(self._post_step)
 
-    def _owned_names(self, optimizer: torch.optim.Optimizer) -> List[str]:
-        """The sparsified tensors ``optimizer`` steps, found again only when its parameter
-        groups change (every step asks)."""
+    def _owned_tensors(self, optimizer: torch.optim.Optimizer) -> List[Tuple[str, nn.Parameter]]:
+        """The sparsified tensors ``optimizer`` steps, by name, with the tensors themselves:
+        found again only when its parameter groups change (every step asks, and a lookup
+        by name costs more than the masking of a small tensor)."""
         size = sum(len(group["params"]) for group in optimizer.param_groups)
         cached = self._owned.get(id(optimizer))
         if cached is None or cached[0] != size:
             owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            cached = (size, [n for n in self.names if id(self.param(n)) in owned])
+            params = ((n, self.param(n)) for n in self.names)
+            cached = (size, [(n, p) for n, p in params if id(p) in owned])
             self._owned[id(optimizer)] = cached
         return cached[1]
 
@@ -285,19 +287,22 @@ class MaskManager:
         if self.schedule.is_update_iteration(self.iteration):
             ratio = self.schedule.update_ratio(self.iteration)
             self._pending_ratio = {index: ratio for index in range(len(self.groups))}
-        owned = self._owned_names(optimizer)
+        owned_params = self._owned_tensors(optimizer)
+        owned = [name for name, _ in owned_params]
         if self._accumulates():
-            for name in owned:
+            sums, grads = [], []
+            for name, param in owned_params:
                 if name in self._packed:
                     self._accumulate_lookups(name)
+                elif param.grad is None:
                     continue
-                grad = self.param(name).grad
-                if grad is None:
-                    continue
-                if name in self._accumulated:
-                    self._accumulated[name].add_(grad)
+                elif name in self._accumulated:
+                    sums.append(self._accumulated[name])
+                    grads.append(param.grad)
                 else:
-                    self._accumulated[name] = grad.clone()
+                    self._accumulated[name] = param.grad.clone()
+            if sums:
+                torch._foreach_add_(sums, grads)
         elif self._accumulated:
             self._accumulated.clear()  # no update is left to rank them: free the buffers
         if len(self._optimizers) > 1 and len(self.groups) == 1 < len(self.names) and self.growth == "gradient":
@@ -357,8 +362,8 @@ class MaskManager:
 
     @torch.no_grad()
     def _post_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
-        for name in self._owned_names(optimizer):
-            self.storage[name].zero_inactive(self.param(name))
+        owned = self._owned_tensors(optimizer)
+        zero_inactive_([self.storage[name] for name, _ in owned], [param for _, param in owned])
         self._prepare_lookups()
 
     def _prepare_lookups(self) -> None:

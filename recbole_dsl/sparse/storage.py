@@ -8,7 +8,7 @@ manager uses; :class:`DenseMaskedStorage` holds the tensor dense with a boolean 
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import List, Optional, Protocol
 
 import torch
 
@@ -78,3 +78,15 @@ class PackedStorage:
 
     def held_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.table.row_offsets, self.table.columns))
+
+
+def zero_inactive_(storages: List[MaskedStorage], weights: List[torch.Tensor]) -> None:
+    """Zero the inactive entries of every weight with its storage: the dense masked ones in
+    one multi-tensor multiplication (what the tensors of one optimizer step need after it),
+    any other storage on its own."""
+    masked = [(s, w) for s, w in zip(storages, weights) if isinstance(s, DenseMaskedStorage)]
+    for storage, weight in zip(storages, weights):
+        if not isinstance(storage, DenseMaskedStorage):
+            storage.zero_inactive(weight)
+    if masked:
+        torch._foreach_mul_([w for _, w in masked], [s.multiplier(w.dtype) for s, w in masked])
