@@ -69,15 +69,18 @@ def test_prefix_selection_keeps_rows_prefixes_under_ties(seed):
         assert is_prefix(grown) and int(grown.sum()) == 70 + k
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # one integer key, or two sorts
 @pytest.mark.parametrize("lowest", [True, False])
-def test_prefix_selection_is_a_stable_sort_in_tie_order(lowest):
+def test_prefix_selection_is_a_stable_sort_in_tie_order(lowest, dtype):
     # The selection avoids sorting every score; it must pick (and order) exactly the first k
-    # of a stable sort of the scores laid out in tie order, with many ties and infinities.
+    # of a stable sort of the scores laid out in tie order, with many ties, negative scores,
+    # signed zeros and infinities.
     for trial in range(100):
         data = torch.Generator().manual_seed(trial)
         rows, columns = int(torch.randint(1, 30, (1,), generator=data)), int(torch.randint(1, 9, (1,), generator=data))
-        scores = torch.randint(0, 4, (rows, columns), generator=data).float()
+        scores = torch.randint(-2, 3, (rows, columns), generator=data).to(dtype) / 2
         scores[torch.rand(rows, columns, generator=data) < 0.2] = math.inf if trial % 2 else -math.inf
+        scores[torch.rand(rows, columns, generator=data) < 0.1] = -0.0  # equal to 0.0
         k = int(torch.randint(0, rows * columns + 1, (1,), generator=data))
         # Tie order: by column (last first when pruning), rows in a random order per column.
         row_order = torch.randperm(rows, generator=torch.Generator().manual_seed(trial))

@@ -113,20 +113,27 @@ def _select(scores: torch.Tensor, k: int, structure: str, generator: Optional[to
     if structure == "unstructured":
         return torch.topk(scores.flatten(), k, largest=not lowest).indices
     # The first k of a stable sort of the scores in tie order, without sorting them all:
-    # every score better than the k-th, then the ties at the k-th value first in tie
-    # order; the k chosen are returned in the stable sort's order.
+    # the entries at least as good as the k-th score, sorted by (score, tie order).
     flat = scores.flatten()
     rank = _tie_rank(scores.shape, towards_end=lowest, generator=generator)
     if k == 0:
         return torch.zeros(0, dtype=torch.long, device=scores.device)
     threshold = torch.topk(flat, k, largest=not lowest).values[-1]
     candidates = (flat <= threshold if lowest else flat >= threshold).nonzero().flatten()
-    is_tied = flat[candidates] == threshold
-    better, tied = candidates[~is_tied], candidates[is_tied]
-    tied = tied[torch.sort(rank(tied)).indices[: k - better.numel()]]
-    chosen = torch.cat([better, tied])
-    chosen = chosen[torch.sort(rank(chosen)).indices]
-    return chosen[torch.sort(flat[chosen], descending=not lowest, stable=True).indices]
+    return candidates[_order_by_score_then_rank(flat[candidates], rank(candidates), lowest)[:k]]
+
+
+def _order_by_score_then_rank(values: torch.Tensor, ranks: torch.Tensor, lowest: bool) -> torch.Tensor:
+    """The permutation that sorts ``values`` best first (lowest or highest), equal values by
+    ``ranks``: one sort of a combined integer key where the ranks fit in 32 bits."""
+    if values.dtype != torch.float32 or ranks.numel() == 0 or int(ranks.max()) >= 2**32:
+        by_rank = torch.sort(ranks).indices
+        return by_rank[torch.sort(values[by_rank], descending=not lowest, stable=True).indices]
+    # A float's bits read as an integer are in the float's order once the sign is applied
+    # to the magnitude's bits (-0.0 and 0.0 both become 0).
+    bits = values.view(torch.int32).long()
+    key = torch.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+    return torch.sort((key if lowest else -key) * 2**32 + ranks).indices
 
 
 def gradient_growth(shape: torch.Size, gradient: Optional[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
