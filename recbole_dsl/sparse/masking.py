@@ -57,8 +57,9 @@ class MaskManager:
 
     With ``shared_budget`` all tensors form one group whose total budget is kept and
     whose weights are ranked together; otherwise every tensor keeps its own budget.
-    Tensors are looked up by name on every use, so a module that replaces a submodule
-    keeps its masks.
+    Tensors are looked up by name, so a module that replaces a submodule keeps its masks;
+    the step hooks keep the tensors of each optimizer's parameter groups, which are what
+    it steps.
 
     With ``dense_start`` every weight stays active until :meth:`prune_by_magnitude`
     cuts each group to its budget once (magnitude pruning of a dense model). Otherwise the
