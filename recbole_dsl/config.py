@@ -19,7 +19,7 @@ from recbole.utils import ModelType
 
 from recbole_dsl.errors import DSLConfigError
 from recbole_dsl.methods import METHODS, get_method
-from recbole_dsl.sparse import DISTRIBUTIONS, GROWTH_GRADIENTS
+from recbole_dsl.sparse import DISTRIBUTIONS, GROWTH_GRADIENTS, PREFIX_GROWTHS
 
 PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
 DSL_PROPERTIES_FILE = PROPERTIES_DIR / "dsl.yaml"
@@ -43,6 +43,7 @@ DSL_SETTINGS = (
     "shared_budget",
     "regrown_keep_values",
     "growth_gradient",
+    "prefix_growth",
     "scale_sparse_init",
     "sparse_storage",
 )
@@ -268,6 +269,8 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
         )
     if config["growth_gradient"] is not None and config["growth_gradient"] not in GROWTH_GRADIENTS:
         fail("growth_gradient", ", ".join(GROWTH_GRADIENTS[:-1]) + f" or {GROWTH_GRADIENTS[-1]} (or ~ for the method's own)")
+    if config["prefix_growth"] not in PREFIX_GROWTHS:
+        fail("prefix_growth", " or ".join(PREFIX_GROWTHS))
     selection = config["sparse_params"]
     if isinstance(selection, (list, tuple)) and selection and all(isinstance(p, str) for p in selection):
         for pattern in selection:

@@ -234,6 +234,7 @@ class DSLTrainerMixin:
                 regrown_keep_values=config["regrown_keep_values"],
                 growth_gradient=config["growth_gradient"] or method.growth_gradient,
                 scaled_init_names=scaled_init_names,
+                prefix_growth=config["prefix_growth"],
             )
         except ValueError as e:
             raise DSLConfigError(f"dsl_method={method.name} cannot sparsify {config['model']}: {e}") from None
@@ -289,7 +290,7 @@ class DSLTrainerMixin:
             )
             prefix = [n for n in manager.names if manager.structures[n] == "prefix"]
             if prefix:
-                mode += f"; variable-length rows (prefix masks) in {', '.join(prefix)}"
+                mode += f"; variable-length rows (prefix masks, {manager.prefix_growth} growth) in {', '.join(prefix)}"
         if manager.scaled_init_names:
             mode += f"; initial weights scaled to each unit's active fan-in in {', '.join(manager.scaled_init_names)}"
         if manager.packed_names:

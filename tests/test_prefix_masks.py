@@ -12,6 +12,7 @@ from recbole_dsl.sparse.prune_grow import (
     prefix_lengths,
     prefix_mask,
     prune_scores,
+    row_growth_scores,
     select_highest,
     select_lowest,
     uniform_prefix_mask,
@@ -53,6 +54,19 @@ def test_prefix_grow_lengthens_rows_by_smallest_gradient_brought_along():
     new = mask.clone()
     new.view(-1)[grown] = True
     assert new.tolist() == [[True, True, False, False], [True, True, True, True]]
+
+
+def test_row_growth_shares_length_out_by_row_gradient_norm():
+    mask = prefix_mask(torch.tensor([1, 1, 2]), 5)
+    # no column past the second has a gradient: entry scores would grow there at random only
+    gradient = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0], [3.0, 4.0, 0.0, 0.0, 0.0], [0.6, 0.8, 0.0, 0.0, 0.0]])
+    scores = row_growth_scores(gradient, mask)
+    # the m-th column after a row's end scores the row's norm / m (row 0 has none)
+    assert torch.allclose(scores, torch.tensor([[0.0] * 5, [0.0, 5.0, 2.5, 5 / 3, 1.25], [0.0, 0.0, 1.0, 0.5, 1 / 3]]))
+    new = mask.clone()
+    new.view(-1)[select_highest(grow_scores(scores, mask, "prefix"), 5, "prefix", torch.Generator().manual_seed(0))] = True
+    # row 1's four columns (5 down to 1.25) come before row 2's first (1.0), and row 0 has no gradient
+    assert prefix_lengths(new).tolist() == [1, 5, 3]
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -103,8 +117,8 @@ class DotProduct(nn.Module):
         return (self.proj(self.user(users)) * self.item(items)).sum(-1)
 
 
-@pytest.mark.parametrize("shared_budget", [False, True])
-def test_prefix_manager_keeps_budget_zeros_and_prefixes_through_training(shared_budget):
+@pytest.mark.parametrize("shared_budget, prefix_growth", [(False, "entry"), (True, "entry"), (False, "row")])
+def test_prefix_manager_keeps_budget_zeros_and_prefixes_through_training(shared_budget, prefix_growth):
     torch.manual_seed(0)
     model = DotProduct()
     if shared_budget:
@@ -114,7 +128,7 @@ def test_prefix_manager_keeps_budget_zeros_and_prefixes_through_training(shared_
     updates = []
     manager = MaskManager(
         model, names, 0.25, schedule, shared_budget=shared_budget, on_update=updates.append,
-        prefix_names=["user.weight", "item.weight"], grown_init_scale=0.1,
+        prefix_names=["user.weight", "item.weight"], grown_init_scale=0.1, prefix_growth=prefix_growth,
     )
     assert manager.structures == {n: "prefix" if "proj" not in n else "unstructured" for n in names}
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
@@ -137,6 +151,27 @@ def test_prefix_manager_keeps_budget_zeros_and_prefixes_through_training(shared_
         lengths_seen.add(tuple(prefix_lengths(manager.masks["user.weight"]).tolist()))
     assert len(updates) == 10 and all(u.exchanged > 0 for u in updates[:-1])
     assert len(lengths_seen) > 1  # lengths really moved between rows
+    if prefix_growth == "row":  # past the two columns every row starts with
+        assert max(max(lengths) for lengths in lengths_seen) > 2
+
+
+@pytest.mark.parametrize("prefix_growth", ["entry", "row"])
+def test_only_row_growth_lengthens_rows_past_the_other_tables_reach(prefix_growth):
+    torch.manual_seed(0)
+    users, items = nn.Embedding(6, 8), nn.Embedding(10, 8)
+    model = nn.ModuleDict({"user": users, "item": items})
+    schedule = CosineUpdateSchedule(update_interval=0, init_update_ratio=0.5, min_update_ratio=0.0)
+    manager = MaskManager(
+        model, ["user.weight", "item.weight"], 0.25, schedule, prefix_names=["user.weight", "item.weight"],
+        grown_init_scale=0.1, prefix_growth=prefix_growth,
+    )
+    # every pair in the batch: each entry in the first two columns has a gradient, none after
+    (users.weight @ items.weight.T - torch.randn(6, 10)).pow(2).sum().backward()
+    manager.update_masks(0.5)
+    lengths = {n: prefix_lengths(manager.masks[n]) for n in manager.names}
+    assert manager.nnz() == manager.budgets
+    longest = max(int(length.max()) for length in lengths.values())
+    assert longest == 2 if prefix_growth == "entry" else longest > 2
 
 
 def test_grown_prefix_entries_start_small_and_random_with_fresh_state():

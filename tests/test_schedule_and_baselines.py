@@ -162,6 +162,15 @@ def test_growth_gradient_is_checked(tiny_data_path):
         load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, "growth_gradient": "epoch"})
 
 
+def test_prefix_growth_is_checked_and_reaches_the_manager(tiny_data_path, tmp_path):
+    from recbole_dsl.errors import DSLConfigError
+
+    with pytest.raises(DSLConfigError, match=r"invalid prefix_growth='column': expected entry or row"):
+        load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, "prefix_growth": "column"})
+    config, train_data, _ = build(tiny_data_path, tmp_path, dsl_method="dsl_mixed", sparsity=0.8, prefix_growth="row")
+    assert create_trainer(config, get_model("BPR")(config, train_data._dataset)).mask_manager.prefix_growth == "row"
+
+
 @pytest.mark.parametrize("method, setting, expected", [
     ("dsl", None, "batch"), ("dsl_prefix", None, "batch"), ("dsl_mixed", None, "interval"),
     ("dsl", "interval", "interval"), ("dsl_mixed", "batch", "batch"), ("dsl_interval", None, "interval"),

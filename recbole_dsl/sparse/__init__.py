@@ -6,6 +6,7 @@ manager that drives them from optimizer hooks (:mod:`.masking`)."""
 
 from recbole_dsl.sparse.budgets import DISTRIBUTIONS, layer_densities, round_budget, select_parameters
 from recbole_dsl.sparse.masking import GROWTH_GRADIENTS, GROWTH_MODES, MaskManager, MaskUpdate
+from recbole_dsl.sparse.prune_grow import PREFIX_GROWTHS
 from recbole_dsl.sparse.schedule import CosineUpdateSchedule
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "GROWTH_MODES",
     "MaskManager",
     "MaskUpdate",
+    "PREFIX_GROWTHS",
     "layer_densities",
     "round_budget",
     "select_parameters",

@@ -20,7 +20,7 @@ from torch import nn
 from recbole_dsl.sparse import optimizer_state
 from recbole_dsl.sparse.budgets import layer_densities, round_budget
 from recbole_dsl.sparse.initialization import scale_to_active_fan_in_
-from recbole_dsl.sparse.prune_grow import GROWTH_RULES, grow, prune, uniform_prefix_mask
+from recbole_dsl.sparse.prune_grow import GROWTH_RULES, PREFIX_GROWTHS, grow, prune, row_growth_scores, uniform_prefix_mask
 from recbole_dsl.sparse.schedule import CosineUpdateSchedule
 from recbole_dsl.sparse.packed import PackedEmbedding
 from recbole_dsl.sparse.storage import DenseMaskedStorage, MaskedStorage, PackedStorage, zero_inactive_
@@ -79,7 +79,10 @@ class MaskManager:
     every embedding row the interval's batches touched rather than one batch's, or the
     running average the optimizer already keeps of it (``"momentum"``: Adam's first moment,
     SGD's momentum buffer; the batch's gradient where the optimizer keeps none), which sees
-    the recent batches too without a buffer of the manager's own.
+    the recent batches too without a buffer of the manager's own. With
+    ``prefix_growth="row"`` a prefix row's next columns are ranked by the row's gradient norm
+    instead of their own gradient (:func:`~recbole_dsl.sparse.prune_grow.row_growth_scores`),
+    so rows can grow past the columns the other factor table reaches.
 
     :meth:`pack` holds an ``nn.Embedding``'s weight as a
     :class:`~recbole_dsl.sparse.packed.PackedEmbedding` (its active values and their
@@ -103,6 +106,7 @@ class MaskManager:
         regrown_keep_values: bool = False,
         growth_gradient: str = "batch",
         scaled_init_names: Iterable[str] = (),
+        prefix_growth: str = "entry",
     ) -> None:
         if not 0.0 < density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {density}")
@@ -110,6 +114,8 @@ class MaskManager:
             raise ValueError(f"unknown growth mode {growth!r}: use one of {GROWTH_MODES}")
         if growth_gradient not in GROWTH_GRADIENTS:
             raise ValueError(f"unknown growth gradient {growth_gradient!r}: use one of {GROWTH_GRADIENTS}")
+        if prefix_growth not in PREFIX_GROWTHS:
+            raise ValueError(f"unknown prefix growth {prefix_growth!r}: use one of {PREFIX_GROWTHS}")
         self.module = module
         self.names = list(names)
         if not self.names:
@@ -125,6 +131,7 @@ class MaskManager:
         self.grown_init_scale = grown_init_scale
         self.regrown_keep_values = regrown_keep_values
         self.growth_gradient = growth_gradient
+        self.prefix_growth = prefix_growth
         self._accumulated: Dict[str, torch.Tensor] = {}
         # With a budget shared across optimizers: each tensor's gradient as of its own
         # optimizer's last step, since other optimizers never zero it.
@@ -499,6 +506,8 @@ class MaskManager:
             gradient = self._stacked(
                 [self._growth_gradient(n, p, stepping is None or n in stepping) for n, p in zip(names, params)], structure
             )
+            if structure == "prefix" and self.prefix_growth == "row":
+                gradient = row_growth_scores(gradient, mask)
         scores = GROWTH_RULES[self.growth](mask.shape, gradient, self._generator).to(mask.device)
         grown = grow(scores, mask, k, structure, self._generator)
         mask.view(-1)[grown] = True

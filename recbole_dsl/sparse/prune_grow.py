@@ -26,6 +26,9 @@ from typing import Callable, Dict, Optional
 import torch
 
 STRUCTURES = ("unstructured", "prefix")
+# How a prefix row's next columns are scored for growth: by their own gradient (entry), or
+# by the whole row's gradient norm (row, see :func:`row_growth_scores`).
+PREFIX_GROWTHS = ("entry", "row")
 # A growth rule scores every entry of a tensor (the inactive ones with the highest scores
 # are grown) from the gradient it is given (None for rules that need none) and a generator.
 GrowthRule = Callable[[torch.Size, Optional[torch.Tensor], torch.Generator], torch.Tensor]
@@ -76,6 +79,18 @@ def grow_scores(gradient: torch.Tensor, mask: torch.Tensor, structure: str = "un
         # gradient it would bring along (the prefix minimum over the inactive part).
         gradient = torch.cummin(torch.where(mask, math.inf, gradient), dim=1).values
     return torch.where(mask, -math.inf, gradient)
+
+
+def row_growth_scores(gradient: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Growth scores that share length out between the rows of a prefix mask by each row's
+    gradient norm: the ``m``-th column after a row's end scores ``norm / m``, so growth
+    lengthens rows in proportion to their norms. A column that no row of the other factor
+    table reaches has a zero gradient in every row, so that entry scores cannot lengthen a
+    row past the longest rows of the other table; these can."""
+    lengths = mask.sum(dim=1, keepdim=True)
+    after_end = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0) - lengths + 1
+    norms = gradient.norm(dim=1, keepdim=True)
+    return torch.where(after_end > 0, norms / after_end.clamp(min=1), 0.0)
 
 
 def _tie_rank(shape: torch.Size, towards_end: bool, generator: Optional[torch.Generator]) -> Callable[[torch.Tensor], torch.Tensor]:
