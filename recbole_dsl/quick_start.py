@@ -16,7 +16,7 @@ import warnings
 from contextlib import contextmanager
 from logging import getLogger
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional
 
 import pandas as pd
 import recbole
@@ -317,7 +317,9 @@ def _check_port_free(ip: str, port: int) -> None:
 
 
 def _run_process(local_rank: int, model, dataset, config_file_list, config_dict, saved: bool, queue) -> None:
-    """One process of a distributed run: its result (process 0) or its error to the queue."""
+    """One process of a distributed run: its result (process 0) or its error to the queue.
+    An unexpected exception is left to torch's spawn, which reports it to the driver."""
+    exit_code = 0
     try:
         config = load_config(model, dataset, config_file_list, {**(config_dict or {}), "local_rank": local_rank})
         with recbole_warnings_silenced():
@@ -326,13 +328,29 @@ def _run_process(local_rank: int, model, dataset, config_file_list, config_dict,
             queue.put(("result", 0, result))
     except DSLError as e:
         queue.put(("error", local_rank, e))
-        sys.exit(2)
+        exit_code = 2
     except KeyboardInterrupt:  # before training started: _run names the checkpoint after that
         queue.put(("error", local_rank, DSLInterrupted(None)))
-        sys.exit(130)
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        exit_code = 130
+    end_process(exit_code)
+
+
+def end_process(exit_code: int) -> NoReturn:
+    """Ends a training process of a distributed run without finalizing the interpreter.
+
+    RecBole wraps the model in DistributedDataParallel, which keeps the gloo process group
+    and its worker threads alive past ``destroy_process_group``. A worker still freeing the
+    tensors of the last collective (it takes the GIL to) when the interpreter finalizes is
+    stopped there, and the process aborts with SIGABRT ("terminate called without an active
+    exception"). Everything the process reports has been sent by now, and multiprocessing's
+    forked processes end the same way; the logs are flushed first.
+    """
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, init_seed
 
-from recbole_dsl.quick_start import load_config
+from recbole_dsl.quick_start import end_process, load_config
 from recbole_dsl.sparse import round_budget
 from recbole_dsl.trainer import create_trainer
 
@@ -65,7 +65,7 @@ def train_one_process(local_rank, data_path, work_dir, port, method):
          "checkpoint": trainer.saved_model_file, "steps": trainer.optimizer_steps},
         os.path.join(work_dir, f"rank{local_rank}.pt"),
     )
-    dist.destroy_process_group()
+    end_process(0)
 
 
 @pytest.mark.parametrize("method", ["dsl", "dsl_mixed"])
