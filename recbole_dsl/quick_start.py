@@ -448,6 +448,10 @@ def _run(config: DSLConfig, saved: bool, callback_fn: Optional[Callable[[int, fl
         checkpoint = getattr(trainer, "saved_model_file", None)
         checkpoint = checkpoint if saved and checkpoint and os.path.isfile(checkpoint) else None
         raise DSLInterrupted(checkpoint, trained=trained) from None
+    finally:
+        # RecBole never closes its SummaryWriter: its thread would write the last events
+        # later, to ./log_tensorboard relative to whatever the working directory is then.
+        trainer.tensorboard.close()
     if not is_main_process():
         return result
     _log_summary(logger, result)

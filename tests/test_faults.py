@@ -5,6 +5,7 @@ did not produce it."""
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -406,3 +407,19 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(monkeypa
     checkpoints = list((tmp_path / "saved").iterdir())
     assert len(checkpoints) == 1 and torch.load(checkpoints[0], weights_only=True)["epoch"] == 0
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.json.lock").exists()
+
+
+def test_a_run_closes_recboles_tensorboard_writer(tiny_data_path, tmp_path):
+    """An open writer's thread would write the run's last events later, to ./log_tensorboard
+    relative to whatever the working directory is by then."""
+    from recbole_dsl.quick_start import run_recbole_dsl
+
+    def writer_threads():
+        return [t for t in threading.enumerate() if type(t).__module__.startswith("tensorboard.")]
+
+    before = writer_threads()
+    settings = {"data_path": tiny_data_path, "epochs": 1, "show_progress": False, "state": "ERROR", "sparsity": 0.8}
+    run_recbole_dsl("BPR", "tiny", config_dict=settings, saved=False)
+    assert writer_threads() == before
+    events = list((tmp_path / "log_tensorboard").glob("*/events.out.tfevents.*"))
+    assert len(events) == 1 and "Loss/Train" in events[0].read_bytes().decode("latin-1")
