@@ -395,3 +395,17 @@ def test_a_memory_run_at_another_sparsity_keeps_the_committed_rows(tmp_path):
     ]
     page = (tmp_path / "memory.md").read_text()
     assert "    python benchmarks/memory.py --sparsities 0.99" in page and page.count("| 4,000,000 x 64 |") == 3
+
+
+def test_popularity_lengths_fill_the_budget_in_popularity_order():
+    popularity_lengths = load_benchmark_module("prefix_lengths").popularity_lengths
+    counts = torch.tensor([0, 1, 5, 50, 500, 3])
+    by_popularity = torch.argsort(counts)
+    for exponent in (0.0, 0.3, 1.0):
+        lengths = popularity_lengths(counts, 20, 8, exponent)
+        assert int(lengths.sum()) == 20 and int(lengths.min()) >= 1 and int(lengths.max()) <= 8
+        if exponent > 0:
+            assert torch.all(lengths[by_popularity].diff() >= 0), (exponent, lengths)
+    assert popularity_lengths(counts, 20, 8, 0.0).tolist() == [4, 4, 3, 3, 3, 3]  # uniform; the remainder in row order
+    steep = popularity_lengths(counts, 20, 8, 1.0)
+    assert steep.tolist() == [1, 1, 1, 8, 8, 1]
