@@ -85,6 +85,9 @@ def run_one(args: argparse.Namespace, sparsity: float, seed: int, exponent: floa
         manager, lengths = trainer.mask_manager, []
         for name in manager.names:
             rows, columns = manager.param(name).shape
+            if rows not in counts or dataset.user_num == dataset.item_num:
+                print(f"error: cannot tell whether {name} ({rows} rows) holds the users or the items of {args.dataset}", file=sys.stderr)
+                sys.exit(2)
             row_lengths = popularity_lengths(counts[rows], manager.budgets[name], columns, exponent)
             manager.set_mask(name, prefix_mask(row_lengths, columns))
             lengths.append(row_lengths)
