@@ -1,7 +1,7 @@
 """Prefix rows of fixed, popularity-based lengths: does a mixed-dimension embedding laid out
 in advance beat the uniform one at the same budget?
 
-    python benchmarks/prefix_lengths.py --sparsity 0.9 --seeds 2020 2021 2022 --exponents 0 0.1 0.3 0.5
+    python benchmarks/prefix_lengths.py --sparsity 0.9 --seeds 2020 2021 2022 --exponents 0 0.1 0.3
 
 Mixed-dimension embeddings (Ginart et al., arXiv 1909.11810) give each user and item a
 length that grows with its number of interactions. Here a row's length is proportional to
@@ -25,14 +25,14 @@ import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, init_seed
 
+from recbole_dsl.quick_start import load_config, recbole_warnings_silenced
+from recbole_dsl.sparse.prune_grow import prefix_mask
+from recbole_dsl.trainer import create_trainer
+
 from experiments import load_profile  # beside this script
 from results_files import merge_rows, record_command, write_csv, write_page
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from recbole_dsl.quick_start import load_config, recbole_warnings_silenced  # noqa: E402
-from recbole_dsl.sparse.prune_grow import prefix_mask  # noqa: E402
-from recbole_dsl.trainer import create_trainer  # noqa: E402
 
 COLUMNS = ["model", "dataset", "sparsity", "exponent", "seed", "epochs_trained", "ndcg@10", "recall@10", "min_length", "max_length"]
 TABLE = ROOT / "benchmarks" / "results" / "prefix-lengths.csv"
@@ -53,11 +53,8 @@ def popularity_lengths(counts: torch.Tensor, budget: int, columns: int, exponent
         else:
             high = scale
     lengths = torch.clamp(torch.floor(low * weight), 1, columns).long()
-    for row in torch.argsort(weight, descending=True, stable=True):
-        if int(lengths.sum()) == budget:
-            break
-        if lengths[row] < columns:
-            lengths[row] += 1
+    order = torch.argsort(weight, descending=True, stable=True)
+    lengths[order[lengths[order] < columns][: budget - int(lengths.sum())]] += 1
     return lengths
 
 
