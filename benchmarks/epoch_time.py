@@ -9,7 +9,13 @@ process, one thread each, alternating so that a change in the machine's load fal
 both. With ``--sparse_storage`` the sparse runs hold their embedding tables packed (the
 property ``sparse_storage: True``). Each pair gives the ratio of the two runs' mean epoch
 times; the table reports the median ratio over the pairs. A run's results JSON is kept
-under ``--work_dir`` and reused when the benchmark runs again. The table goes to
+under ``--work_dir`` and reused when the benchmark runs again.
+
+With ``--interleaved`` a dense and a sparse trainer of each model train in one process
+instead, an epoch each in turn (the dense one first in even epochs, the sparse one in odd
+ones) on the same batches' loader: every pair of epochs ran seconds apart, so a change in
+the machine's load falls on both. The masks are explored for ``--explore_epochs`` epochs
+(``update_epochs``) and frozen after them, and the table has a row for each phase. The table goes to
 ``benchmarks/results/epoch-time-<dataset>.csv`` and ``docs/epoch-time-<dataset>.md`` with
 the commands that made it.
 """
@@ -24,7 +30,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import yaml
 
 from results_files import merge_rows, record_command, write_csv, write_page  # beside this script
 
@@ -37,7 +46,11 @@ MODEL_SETTINGS = {
     "SASRec": ["--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=32", "--inner_size=64", "--n_layers=1", "--n_heads=1", "--eval_batch_size=4096000"],
     "NeuMF": ["--eval_batch_size=262144"],
 }
-COLUMNS = ["model", "method", "storage", "sparsity", "pairs", "ratio_median", "ratio_min", "ratio_max", "dense_epoch_seconds", "sparse_epoch_seconds"]
+COLUMNS = [
+    "model", "method", "storage", "runs", "phase", "sparsity", "pairs", "ratio_median", "ratio_min", "ratio_max",
+    "dense_epoch_seconds", "sparse_epoch_seconds",
+]
+KEY = ("model", "sparsity", "storage", "runs", "phase")
 
 
 def run_file(work_dir: str, model: str, sparsity: float, repeat: int, storage: str = "masks") -> Path:
@@ -85,32 +98,112 @@ def table_rows(work_dir: str, sparsity: float, storage: str = "masks") -> List[D
             dense, sparse = (json.loads(f.read_text()) for f in (dense_file, sparse_file))
             method = sparse["dsl"]["dsl_method"]
             pairs.append((dense["costs"]["epoch_seconds"], sparse["costs"]["epoch_seconds"]))
-        if not pairs:
-            continue
-        ratios = [s / d for d, s in pairs]
-        rows.append({
-            "model": model, "method": method, "storage": storage, "sparsity": sparsity, "pairs": len(pairs),
-            "ratio_median": round(statistics.median(ratios), 4), "ratio_min": round(min(ratios), 4),
-            "ratio_max": round(max(ratios), 4), "dense_epoch_seconds": round(statistics.median(d for d, _ in pairs), 3),
-            "sparse_epoch_seconds": round(statistics.median(s for _, s in pairs), 3),
+        if pairs:
+            rows.append(ratio_row(model, method, storage, "processes", "exploring", sparsity, pairs))
+    return rows
+
+
+def ratio_row(model: str, method: str, storage: str, runs: str, phase: str, sparsity: float, pairs: List[Tuple[float, float]]) -> Dict:
+    """The table's row for (dense, sparse) epoch-time ``pairs``."""
+    ratios = [s / d for d, s in pairs]
+    return {
+        "model": model, "method": method, "storage": storage, "runs": runs, "phase": phase, "sparsity": sparsity,
+        "pairs": len(pairs), "ratio_median": round(statistics.median(ratios), 4), "ratio_min": round(min(ratios), 4),
+        "ratio_max": round(max(ratios), 4), "dense_epoch_seconds": round(statistics.median(d for d, _ in pairs), 3),
+        "sparse_epoch_seconds": round(statistics.median(s for _, s in pairs), 3),
+    }
+
+
+def interleaved_file(work_dir: str, model: str, sparsity: float, storage: str = "masks") -> Path:
+    return Path(work_dir) / f"{model}-{sparsity}-{'packed-' if storage == 'packed' else ''}interleaved.json"
+
+
+def settings_dict(arguments: List[str]) -> Dict:
+    """``--key=value`` command-line settings as a config dict, values read as YAML."""
+    return {key.lstrip("-"): yaml.safe_load(value) for key, value in (a.split("=", 1) for a in arguments)}
+
+
+def run_interleaved(model: str, args: argparse.Namespace) -> Dict:
+    """Train a dense and a sparse trainer of ``model`` in this process, an epoch each in
+    turn; returns their epoch times, each epoch marked exploring or frozen (or reuses the
+    file of an earlier benchmark run)."""
+    storage = "packed" if args.sparse_storage else "masks"
+    out = interleaved_file(args.work_dir, model, args.sparsity, storage)
+    if out.exists():
+        return json.loads(out.read_text())
+    from recbole.data import data_preparation
+    from recbole.utils import get_model, init_seed
+
+    from recbole_dsl.quick_start import load_config, load_dataset
+    from recbole_dsl.trainer import create_trainer
+
+    trainers, train_data = [], None
+    for sparsity in (0.0, args.sparsity):
+        config = load_config(model, args.dataset, config_dict={
+            **({"data_path": args.data_path} if args.data_path else {}), "sparsity": sparsity, "epochs": args.epochs,
+            "update_epochs": args.explore_epochs, "show_progress": False, "state": "ERROR",
+            "checkpoint_dir": str(Path(args.work_dir) / "saved"), "sparse_storage": bool(args.sparse_storage and sparsity > 0),
+            **settings_dict(MODEL_SETTINGS.get(model, [])),
         })
+        init_seed(config["seed"], config["reproducibility"])
+        if train_data is None:
+            train_data, _, _ = data_preparation(config, load_dataset(config))
+        init_seed(config["seed"], config["reproducibility"])
+        trainers.append(create_trainer(config, get_model(model)(config, train_data._dataset)))
+    for epoch in range(args.epochs):
+        for trainer in trainers if epoch % 2 == 0 else trainers[::-1]:
+            trainer._train_epoch(train_data, epoch)
+        dense, sparse = (t.epoch_seconds[-1] for t in trainers)
+        print(f"[epoch time] {model} epoch {epoch}: dense {dense:.2f} s, sparsity {args.sparsity} {sparse:.2f} s", flush=True)
+    result = {
+        "method": trainers[1].config["dsl_method"],
+        "epochs": [
+            {"dense": d, "sparse": s, "exploring": epoch < args.explore_epochs}
+            for epoch, (d, s) in enumerate(zip(trainers[0].epoch_seconds, trainers[1].epoch_seconds))
+        ],
+    }
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def interleaved_rows(work_dir: str, sparsity: float, storage: str = "masks") -> List[Dict]:
+    """Rows for each model's interleaved run in ``work_dir``: one per phase."""
+    rows = []
+    for model in MODELS:
+        path = interleaved_file(work_dir, model, sparsity, storage)
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        for phase, exploring in (("exploring", True), ("frozen", False)):
+            pairs = [(e["dense"], e["sparse"]) for e in result["epochs"] if e["exploring"] == exploring]
+            if pairs:
+                rows.append(ratio_row(model, result["method"], storage, "one process", phase, sparsity, pairs))
     return rows
 
 
 def write_outputs(rows: List[Dict], args: argparse.Namespace, commands: List[str]) -> None:
     table = ROOT / "benchmarks" / "results" / f"epoch-time-{args.dataset}.csv"
-    rows = merge_rows(table, rows, ("model", "sparsity", "storage"), MODELS)
+    rows = merge_rows(table, rows, KEY, MODELS)
     write_csv(table, COLUMNS, rows)
     description = [
-        "The mean training-epoch wall time of a sparse run divided by that of a dense run of the",
-        "same model, trained one after the other on one thread; the median (and range) over the",
-        "pairs. Evaluation and cost counting are not part of an epoch. Storage: how the sparse run",
-        "held its embedding tables, dense with masks or packed (`sparse_storage: True`).",
+        "The training-epoch wall time of a sparse run divided by that of a dense run of the same",
+        "model, on one thread; the median (and range) over the pairs. Evaluation and cost counting",
+        "are not part of an epoch. Storage: how the sparse run held its embedding tables, dense with",
+        "masks or packed (`sparse_storage: True`). Runs: `processes`, a dense and a sparse run in",
+        "their own processes one after the other, each pair the ratio of their mean epoch times, every",
+        "epoch exploring masks; `one process` (`--interleaved`), a dense and a sparse trainer training",
+        "an epoch each in turn, each pair two epochs seconds apart. Phase: epochs that explore masks",
+        "(prune and grow every `update_interval` steps, with interval growth summing the gradient) or",
+        "epochs after T_end with the masks frozen (`update_epochs`, 30 by default).",
     ]
-    header = ["model", "method", "storage", "sparsity", "pairs", "epoch time / dense (median)", "range", "dense epoch (s)", "sparse epoch (s)"]
+    header = [
+        "model", "method", "storage", "runs", "phase", "sparsity", "pairs", "epoch time / dense (median)", "range",
+        "dense epoch (s)", "sparse epoch (s)",
+    ]
     cells = [
         [
-            row["model"], row["method"], row["storage"], str(row["sparsity"]), str(row["pairs"]), f"{float(row['ratio_median']):.3f}",
+            row["model"], row["method"], row["storage"], row["runs"], row["phase"], str(row["sparsity"]), str(row["pairs"]),
+            f"{float(row['ratio_median']):.3f}",
             f"{float(row['ratio_min']):.3f}-{float(row['ratio_max']):.3f}", f"{float(row['dense_epoch_seconds']):.2f}",
             f"{float(row['sparse_epoch_seconds']):.2f}",
         ]
@@ -125,20 +218,29 @@ def main() -> int:
     parser.add_argument("--data_path", default=None, help="folder holding <dataset>/<dataset>.inter (RecBole's default if not given)")
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs per run")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per run (with --interleaved: per trainer)")
     parser.add_argument("--repeats", type=int, default=3, help="(dense, sparse) pairs per model")
     parser.add_argument("--sparse_storage", action="store_true", help="the sparse runs hold their embedding tables packed")
+    parser.add_argument("--interleaved", action="store_true", help="a dense and a sparse trainer in one process, an epoch each in turn")
+    parser.add_argument("--explore_epochs", type=int, default=1, help="with --interleaved: epochs that explore masks before they freeze")
     parser.add_argument("--work_dir", default=None, help="results JSON of each run (default benchmarks/runs/epoch-time-<dataset>)")
     args = parser.parse_args()
     args.data_path = str(Path(args.data_path).resolve()) if args.data_path else None
     args.work_dir = str(Path(args.work_dir or ROOT / "benchmarks" / "runs" / f"epoch-time-{args.dataset}").resolve())
     os.makedirs(args.work_dir, exist_ok=True)
     commands = record_command("epoch_time.py", args.work_dir, ROOT / "docs" / f"epoch-time-{args.dataset}.md")
+    storage = "packed" if args.sparse_storage else "masks"
+    if args.interleaved:
+        torch.set_num_threads(1)  # one thread, as the separate runs have
     for model in args.models:
+        if args.interleaved:
+            run_interleaved(model, args)
+            write_outputs(interleaved_rows(args.work_dir, args.sparsity, storage), args, commands)
+            continue
         for repeat in range(args.repeats):
             for sparsity in (0.0, args.sparsity):
                 run_one(model, sparsity, repeat, args)
-        write_outputs(table_rows(args.work_dir, args.sparsity, "packed" if args.sparse_storage else "masks"), args, commands)
+        write_outputs(table_rows(args.work_dir, args.sparsity, storage), args, commands)
     return 0
 
 

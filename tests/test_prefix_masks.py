@@ -8,9 +8,11 @@ from torch import nn
 
 from recbole_dsl.sparse import CosineUpdateSchedule, MaskManager
 from recbole_dsl.sparse.prune_grow import (
+    grow,
     grow_scores,
     prefix_lengths,
     prefix_mask,
+    prune,
     prune_scores,
     row_growth_scores,
     select_highest,
@@ -104,6 +106,27 @@ def test_prefix_selection_is_a_stable_sort_in_tie_order(lowest, dtype):
         select = select_lowest if lowest else select_highest
         chosen = select(scores, k, "prefix", torch.Generator().manual_seed(trial))
         assert torch.equal(chosen, expected), trial
+
+
+@pytest.mark.parametrize("trial", range(40))
+def test_prefix_prune_and_grow_rank_only_the_columns_they_can_pick(trial):
+    # prune ranks the columns up to the longest row, grow those from the shortest: the
+    # entries and their order must be those of ranking the whole table, ties included.
+    data = torch.Generator().manual_seed(trial)
+    rows, columns = int(torch.randint(1, 40, (1,), generator=data)), int(torch.randint(1, 12, (1,), generator=data))
+    lengths = torch.randint(0, columns + 1, (rows,), generator=data)
+    if trial % 3 == 0:
+        lengths = lengths.clamp(2, columns - 1 if columns > 3 else columns)  # no empty or full row
+    mask = prefix_mask(lengths, columns)
+    nnz = int(mask.sum())
+    values = torch.randint(0, 4, (rows, columns), generator=data).float() / 4  # many ties
+    for k in {min(1, nnz), nnz // 3, nnz}:
+        expected = select_lowest(prune_scores(values, mask, "prefix"), k, "prefix", torch.Generator().manual_seed(trial))
+        assert torch.equal(prune(values, mask, k, "prefix", torch.Generator().manual_seed(trial)), expected)
+    inactive = mask.numel() - nnz
+    for k in {min(1, inactive), inactive // 3, inactive}:
+        expected = select_highest(grow_scores(values, mask, "prefix"), k, "prefix", torch.Generator().manual_seed(trial))
+        assert torch.equal(grow(values, mask, k, "prefix", torch.Generator().manual_seed(trial)), expected)
 
 
 class DotProduct(nn.Module):

@@ -123,19 +123,32 @@ def select_highest(
     return _select(scores, k, structure, generator, lowest=False)
 
 
-def _select(scores: torch.Tensor, k: int, structure: str, generator: Optional[torch.Generator], lowest: bool) -> torch.Tensor:
+def _select(
+    scores: torch.Tensor,
+    k: int,
+    structure: str,
+    generator: Optional[torch.Generator],
+    lowest: bool,
+    first_column: int = 0,
+    columns: Optional[int] = None,
+) -> torch.Tensor:
+    """``scores`` may be the columns from ``first_column`` on of a prefix-structured tensor
+    of ``columns`` columns; the indices returned are the whole tensor's."""
     _check_structure(structure)
     if structure == "unstructured":
         return torch.topk(scores.flatten(), k, largest=not lowest).indices
     # The first k of a stable sort of the scores in tie order, without sorting them all:
     # the entries at least as good as the k-th score, sorted by (score, tie order).
+    rows, width = scores.shape
+    columns = width if columns is None else columns
     flat = scores.flatten()
-    rank = _tie_rank(scores.shape, towards_end=lowest, generator=generator)
+    rank = _tie_rank(torch.Size((rows, columns)), towards_end=lowest, generator=generator)
     if k == 0:
         return torch.zeros(0, dtype=torch.long, device=scores.device)
     threshold = torch.topk(flat, k, largest=not lowest).values[-1]
     candidates = (flat <= threshold if lowest else flat >= threshold).nonzero().flatten()
-    return candidates[_order_by_score_then_rank(flat[candidates], rank(candidates), lowest)[:k]]
+    positions = candidates if width == columns else candidates // width * columns + candidates % width + first_column
+    return positions[_order_by_score_then_rank(flat[candidates], rank(positions), lowest)[:k]]
 
 
 def _order_by_score_then_rank(values: torch.Tensor, ranks: torch.Tensor, lowest: bool) -> torch.Tensor:
@@ -166,12 +179,25 @@ def random_growth(shape: torch.Size, gradient: Optional[torch.Tensor], generator
 GROWTH_RULES: Dict[str, GrowthRule] = {"gradient": gradient_growth, "random": random_growth}
 
 
+def _active_columns(mask: torch.Tensor, prune: bool) -> slice:
+    """The columns of a prefix mask that hold every entry pruning (the active ones) or
+    growth (the inactive ones) can pick: ranking only them picks the same entries."""
+    lengths = prefix_lengths(mask)
+    if lengths.numel() == 0:
+        return slice(0, mask.shape[1])
+    return slice(0, int(lengths.max())) if prune else slice(int(lengths.min()), mask.shape[1])
+
+
 def prune(
     magnitude: torch.Tensor, mask: torch.Tensor, k: int, structure: str = "unstructured", generator: Optional[torch.Generator] = None
 ) -> torch.Tensor:
     """Flat indices of the ``k`` active entries of smallest ``magnitude`` (for a prefix
     mask, the ends of rows: see :func:`prune_scores`)."""
-    return select_lowest(prune_scores(magnitude, mask, structure), k, structure, generator)
+    if structure != "prefix":
+        return select_lowest(prune_scores(magnitude, mask, structure), k, structure, generator)
+    window = _active_columns(mask, prune=True)
+    scores = prune_scores(magnitude[:, window], mask[:, window], structure)
+    return _select(scores, k, structure, generator, lowest=True, first_column=window.start, columns=mask.shape[1])
 
 
 def grow(
@@ -179,4 +205,8 @@ def grow(
 ) -> torch.Tensor:
     """Flat indices of the ``k`` inactive entries of highest growth ``scores`` (for a prefix
     mask, the next entries of rows: see :func:`grow_scores`)."""
-    return select_highest(grow_scores(scores, mask, structure), k, structure, generator)
+    if structure != "prefix":
+        return select_highest(grow_scores(scores, mask, structure), k, structure, generator)
+    window = _active_columns(mask, prune=False)
+    ranked = grow_scores(scores[:, window], mask[:, window], structure)
+    return _select(ranked, k, structure, generator, lowest=False, first_column=window.start, columns=mask.shape[1])
