@@ -50,7 +50,7 @@ COLUMNS = [
     "model", "method", "storage", "runs", "phase", "sparsity", "pairs", "ratio_median", "ratio_min", "ratio_max",
     "dense_epoch_seconds", "sparse_epoch_seconds",
 ]
-KEY = ("model", "sparsity", "storage", "runs", "phase")
+KEY = ("model", "method", "sparsity", "storage", "runs", "phase")
 
 
 def run_file(work_dir: str, model: str, sparsity: float, repeat: int, storage: str = "masks") -> Path:
@@ -114,8 +114,8 @@ def ratio_row(model: str, method: str, storage: str, runs: str, phase: str, spar
     }
 
 
-def interleaved_file(work_dir: str, model: str, sparsity: float, storage: str = "masks") -> Path:
-    return Path(work_dir) / f"{model}-{sparsity}-{'packed-' if storage == 'packed' else ''}interleaved.json"
+def interleaved_file(work_dir: str, model: str, sparsity: float, method: str, storage: str = "masks") -> Path:
+    return Path(work_dir) / f"{model}-{sparsity}-{method}-{'packed-' if storage == 'packed' else ''}interleaved.json"
 
 
 def settings_dict(arguments: List[str]) -> Dict:
@@ -128,7 +128,7 @@ def run_interleaved(model: str, args: argparse.Namespace) -> Dict:
     turn; returns their epoch times, each epoch marked exploring or frozen (or reuses the
     file of an earlier benchmark run)."""
     storage = "packed" if args.sparse_storage else "masks"
-    out = interleaved_file(args.work_dir, model, args.sparsity, storage)
+    out = interleaved_file(args.work_dir, model, args.sparsity, args.method, storage)
     if out.exists():
         return json.loads(out.read_text())
     from recbole.data import data_preparation
@@ -142,6 +142,7 @@ def run_interleaved(model: str, args: argparse.Namespace) -> Dict:
         config = load_config(model, args.dataset, config_dict={
             **({"data_path": args.data_path} if args.data_path else {}), "sparsity": sparsity, "epochs": args.epochs,
             "update_epochs": args.explore_epochs, "show_progress": False, "state": "ERROR",
+            **({"dsl_method": args.method} if sparsity > 0 else {}),
             "checkpoint_dir": str(Path(args.work_dir) / "saved"), "sparse_storage": bool(args.sparse_storage and sparsity > 0),
             **settings_dict(MODEL_SETTINGS.get(model, [])),
         })
@@ -157,6 +158,7 @@ def run_interleaved(model: str, args: argparse.Namespace) -> Dict:
         print(f"[epoch time] {model} epoch {epoch}: dense {dense:.2f} s, sparsity {args.sparsity} {sparse:.2f} s", flush=True)
     result = {
         "method": trainers[1].config["dsl_method"],
+        "storage": storage,
         "epochs": [
             {"dense": d, "sparse": s, "exploring": epoch < args.explore_epochs}
             for epoch, (d, s) in enumerate(zip(trainers[0].epoch_seconds, trainers[1].epoch_seconds))
@@ -166,18 +168,22 @@ def run_interleaved(model: str, args: argparse.Namespace) -> Dict:
     return result
 
 
-def interleaved_rows(work_dir: str, sparsity: float, storage: str = "masks") -> List[Dict]:
-    """Rows for each model's interleaved run in ``work_dir``: one per phase."""
+def interleaved_rows(work_dir: str, sparsity: float) -> List[Dict]:
+    """Rows for every interleaved run in ``work_dir`` (each model, method and storage): one
+    per phase."""
     rows = []
     for model in MODELS:
-        path = interleaved_file(work_dir, model, sparsity, storage)
-        if not path.exists():
-            continue
-        result = json.loads(path.read_text())
-        for phase, exploring in (("exploring", True), ("frozen", False)):
-            pairs = [(e["dense"], e["sparse"]) for e in result["epochs"] if e["exploring"] == exploring]
-            if pairs:
-                rows.append(ratio_row(model, result["method"], storage, "one process", phase, sparsity, pairs))
+        for path in sorted(Path(work_dir).glob(f"{model}-{sparsity}-*interleaved.json")):
+            rows.extend(phase_rows(model, sparsity, json.loads(path.read_text())))
+    return rows
+
+
+def phase_rows(model: str, sparsity: float, result: Dict) -> List[Dict]:
+    rows = []
+    for phase, exploring in (("exploring", True), ("frozen", False)):
+        pairs = [(e["dense"], e["sparse"]) for e in result["epochs"] if e["exploring"] == exploring]
+        if pairs:
+            rows.append(ratio_row(model, result["method"], result["storage"], "one process", phase, sparsity, pairs))
     return rows
 
 
@@ -222,6 +228,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="(dense, sparse) pairs per model")
     parser.add_argument("--sparse_storage", action="store_true", help="the sparse runs hold their embedding tables packed")
     parser.add_argument("--interleaved", action="store_true", help="a dense and a sparse trainer in one process, an epoch each in turn")
+    parser.add_argument("--method", default="dsl_mixed", help="with --interleaved: the sparse trainer's dsl_method")
     parser.add_argument("--explore_epochs", type=int, default=1, help="with --interleaved: epochs that explore masks before they freeze")
     parser.add_argument("--work_dir", default=None, help="results JSON of each run (default benchmarks/runs/epoch-time-<dataset>)")
     args = parser.parse_args()
@@ -235,7 +242,7 @@ def main() -> int:
     for model in args.models:
         if args.interleaved:
             run_interleaved(model, args)
-            write_outputs(interleaved_rows(args.work_dir, args.sparsity, storage), args, commands)
+            write_outputs(interleaved_rows(args.work_dir, args.sparsity), args, commands)
             continue
         for repeat in range(args.repeats):
             for sparsity in (0.0, args.sparsity):

@@ -346,17 +346,19 @@ def test_interleaved_epoch_times_pair_the_two_trainers_epochs_by_phase(tmp_path)
     epoch_time = load_benchmark_module("epoch_time")
     args = argparse.Namespace(
         dataset="ml-100k", data_path=None, sparsity=0.9, epochs=3, explore_epochs=2, sparse_storage=False, work_dir=str(tmp_path),
+        method="dsl_momentum",
     )
     result = epoch_time.run_interleaved("BPR", args)
-    assert result["method"] == "dsl_mixed"
+    assert (result["method"], result["storage"]) == ("dsl_momentum", "masks")
     assert [e["exploring"] for e in result["epochs"]] == [True, True, False]
     assert all(e["dense"] > 0 and e["sparse"] > 0 for e in result["epochs"])
-    path = epoch_time.interleaved_file(str(tmp_path), "BPR", 0.9)
-    path.write_text(json.dumps({"method": "dsl_mixed", "epochs": [
+    assert [row["method"] for row in epoch_time.interleaved_rows(str(tmp_path), 0.9)] == ["dsl_momentum"] * 2
+    path = epoch_time.interleaved_file(str(tmp_path), "BPR", 0.9, "dsl_mixed")
+    path.write_text(json.dumps({"method": "dsl_mixed", "storage": "masks", "epochs": [
         {"dense": 2.0, "sparse": 2.4, "exploring": True}, {"dense": 2.0, "sparse": 2.0, "exploring": True},
         {"dense": 2.0, "sparse": 2.2, "exploring": True}, {"dense": 4.0, "sparse": 3.6, "exploring": False},
     ]}))
-    exploring, frozen = epoch_time.interleaved_rows(str(tmp_path), 0.9)
+    exploring, frozen = epoch_time.interleaved_rows(str(tmp_path), 0.9)[:2]
     assert (exploring["phase"], exploring["runs"], exploring["pairs"], exploring["ratio_median"]) == ("exploring", "one process", 3, 1.1)
     assert (exploring["ratio_min"], exploring["ratio_max"]) == (1.0, 1.2)
     assert (frozen["phase"], frozen["pairs"], frozen["ratio_median"], frozen["sparse_epoch_seconds"]) == ("frozen", 1, 0.9, 3.6)
