@@ -353,12 +353,13 @@ def sensitivity_section(rows: List[Dict[str, str]], figures_dir: Path, written: 
         sparsities = sorted({s for s, _, _ in grid})
         intervals = sorted({i for _, i, _ in grid})
         rhos = sorted({r for _, _, r in grid})
-        lines += [f"### {model} ({method}) on {dataset}, profile `{profile}`: test {METRIC}", ""]
+        lines += [f"### {model} ({method}) on {dataset}, profile `{profile}`: test {METRIC}", "",
+                  "Each cell: one seed, or the mean over seeds ± their standard deviation (seeds).", ""]
         for s in sparsities:
             lines += [f"s = {s}:", "", "| ΔT \\ ρ0 | " + " | ".join(str(r) for r in rhos) + " |",
                       "|---|" + "---|" * len(rhos)]
             for i in intervals:
-                lines.append(f"| {i} | " + " | ".join(fmt(mean(grid.get((s, i, r), []))) for r in rhos) + " |")
+                lines.append(f"| {i} | " + " | ".join(score_cell(grid.get((s, i, r), [])) for r in rhos) + " |")
             lines.append("")
         png = figures_dir / ("sensitivity-" + "-".join(slug(part) for part in (model, *(() if method == "dsl" else (method,)), dataset, profile)) + ".png")
         fig, axes = plt.subplots(1, len(sparsities), figsize=(4 * len(sparsities), 3.4), squeeze=False)

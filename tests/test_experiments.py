@@ -266,6 +266,20 @@ def quality_row(model, method, sparsity, ndcg, epochs):
             "profile": "p", "epochs": str(epochs), "ndcg@10": str(ndcg), "error": ""}
 
 
+def test_sensitivity_report_gives_each_cells_seeds_with_their_spread(tmp_path):
+    report = load_benchmark_module("results_report")
+
+    def row(interval, ratio, seed, score):
+        return {"model": "BPR", "dataset": "tiny", "method": "dsl_mixed", "sparsity": "0.9", "update_interval": str(interval),
+                "init_update_ratio": str(ratio), "seed": str(seed), "profile": "converged", "ndcg@10": str(score)}
+
+    rows = [row(25, 0.1, 2020, 0.25), row(25, 0.1, 2021, 0.26), row(25, 0.5, 2020, 0.24), row(100, 0.1, 2020, 0.27),
+            row(100, 0.5, 2021, 0.23)]
+    text = "\n".join(report.sensitivity_section(rows, tmp_path, [], []))
+    assert "| 25 | 0.2550 ± 0.0071 (2) | 0.2400 |" in text
+    assert "| 100 | 0.2700 | 0.2300 |" in text
+
+
 def test_quality_report_tables_and_targets(tmp_path):
     report = load_benchmark_module("results_report")
     rows = [quality_row("BPR", "dense", 0.0, 0.2, 20), quality_row("BPR", "dsl", 0.8, 0.197, 20),
