@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -48,7 +49,7 @@ MODEL_SETTINGS = {
 }
 COLUMNS = [
     "model", "method", "storage", "runs", "phase", "sparsity", "pairs", "ratio_median", "ratio_min", "ratio_max",
-    "dense_epoch_seconds", "sparse_epoch_seconds",
+    "dense_epoch_seconds", "sparse_epoch_seconds", "mask_share",
 ]
 KEY = ("model", "method", "sparsity", "storage", "runs", "phase")
 
@@ -90,7 +91,7 @@ def table_rows(work_dir: str, sparsity: float, storage: str = "masks") -> List[D
     sparse run held its tables as ``storage`` (masks, or packed with ``sparse_storage``)."""
     rows = []
     for model in MODELS:
-        pairs, method = [], ""
+        pairs, masks, method = [], [], ""
         for dense_file in sorted(Path(work_dir).glob(f"{model}-0.0-*.json")):
             sparse_file = run_file(work_dir, model, sparsity, int(dense_file.stem.rpartition("-")[2]), storage)
             if not sparse_file.exists():
@@ -98,19 +99,27 @@ def table_rows(work_dir: str, sparsity: float, storage: str = "masks") -> List[D
             dense, sparse = (json.loads(f.read_text()) for f in (dense_file, sparse_file))
             method = sparse["dsl"]["dsl_method"]
             pairs.append((dense["costs"]["epoch_seconds"], sparse["costs"]["epoch_seconds"]))
+            masks.append(sparse["costs"].get("mask_seconds", math.nan) / sparse["costs"].get("epochs_trained", 1))
         if pairs:
-            rows.append(ratio_row(model, method, storage, "processes", "exploring", sparsity, pairs))
+            measured = masks if not any(math.isnan(m) for m in masks) else None
+            rows.append(ratio_row(model, method, storage, "processes", "exploring", sparsity, pairs, measured))
     return rows
 
 
-def ratio_row(model: str, method: str, storage: str, runs: str, phase: str, sparsity: float, pairs: List[Tuple[float, float]]) -> Dict:
-    """The table's row for (dense, sparse) epoch-time ``pairs``."""
+def ratio_row(
+    model: str, method: str, storage: str, runs: str, phase: str, sparsity: float, pairs: List[Tuple[float, float]],
+    mask_seconds: Optional[List[float]] = None,
+) -> Dict:
+    """The table's row for (dense, sparse) epoch-time ``pairs``; ``mask_seconds``: the
+    sparse epochs' time in the masks' step hooks, where it was measured."""
     ratios = [s / d for d, s in pairs]
+    shares = [m / s for m, (_, s) in zip(mask_seconds, pairs)] if mask_seconds else []
     return {
         "model": model, "method": method, "storage": storage, "runs": runs, "phase": phase, "sparsity": sparsity,
         "pairs": len(pairs), "ratio_median": round(statistics.median(ratios), 4), "ratio_min": round(min(ratios), 4),
         "ratio_max": round(max(ratios), 4), "dense_epoch_seconds": round(statistics.median(d for d, _ in pairs), 3),
         "sparse_epoch_seconds": round(statistics.median(s for _, s in pairs), 3),
+        "mask_share": round(statistics.median(shares), 4) if shares else "",
     }
 
 
@@ -151,17 +160,20 @@ def run_interleaved(model: str, args: argparse.Namespace) -> Dict:
             train_data, _, _ = data_preparation(config, load_dataset(config))
         init_seed(config["seed"], config["reproducibility"])
         trainers.append(create_trainer(config, get_model(model)(config, train_data._dataset)))
+    mask_seconds = []
     for epoch in range(args.epochs):
+        before = trainers[1].mask_manager.seconds["hooks"]
         for trainer in trainers if epoch % 2 == 0 else trainers[::-1]:
             trainer._train_epoch(train_data, epoch)
+        mask_seconds.append(trainers[1].mask_manager.seconds["hooks"] - before)
         dense, sparse = (t.epoch_seconds[-1] for t in trainers)
         print(f"[epoch time] {model} epoch {epoch}: dense {dense:.2f} s, sparsity {args.sparsity} {sparse:.2f} s", flush=True)
     result = {
         "method": trainers[1].config["dsl_method"],
         "storage": storage,
         "epochs": [
-            {"dense": d, "sparse": s, "exploring": epoch < args.explore_epochs}
-            for epoch, (d, s) in enumerate(zip(trainers[0].epoch_seconds, trainers[1].epoch_seconds))
+            {"dense": d, "sparse": s, "mask": m, "exploring": epoch < args.explore_epochs}
+            for epoch, (d, s, m) in enumerate(zip(trainers[0].epoch_seconds, trainers[1].epoch_seconds, mask_seconds))
         ],
     }
     out.write_text(json.dumps(result, indent=1))
@@ -181,9 +193,11 @@ def interleaved_rows(work_dir: str, sparsity: float) -> List[Dict]:
 def phase_rows(model: str, sparsity: float, result: Dict) -> List[Dict]:
     rows = []
     for phase, exploring in (("exploring", True), ("frozen", False)):
-        pairs = [(e["dense"], e["sparse"]) for e in result["epochs"] if e["exploring"] == exploring]
-        if pairs:
-            rows.append(ratio_row(model, result["method"], result["storage"], "one process", phase, sparsity, pairs))
+        epochs = [e for e in result["epochs"] if e["exploring"] == exploring]
+        if epochs:
+            pairs = [(e["dense"], e["sparse"]) for e in epochs]
+            masks = [e["mask"] for e in epochs] if all("mask" in e for e in epochs) else None
+            rows.append(ratio_row(model, result["method"], result["storage"], "one process", phase, sparsity, pairs, masks))
     return rows
 
 
@@ -200,18 +214,20 @@ def write_outputs(rows: List[Dict], args: argparse.Namespace, commands: List[str
         "epoch exploring masks; `one process` (`--interleaved`), a dense and a sparse trainer training",
         "an epoch each in turn, each pair two epochs seconds apart. Phase: epochs that explore masks",
         "(prune and grow every `update_interval` steps, with interval growth summing the gradient) or",
-        "epochs after T_end with the masks frozen (`update_epochs`, 30 by default).",
+        "epochs after T_end with the masks frozen (`update_epochs`, 30 by default). Masks: the median",
+        "share of a sparse epoch spent in the masks' optimizer-step hooks (masking, interval sums and",
+        "mask updates; `mask_seconds` of the results), where it was recorded.",
     ]
     header = [
         "model", "method", "storage", "runs", "phase", "sparsity", "pairs", "epoch time / dense (median)", "range",
-        "dense epoch (s)", "sparse epoch (s)",
+        "dense epoch (s)", "sparse epoch (s)", "masks",
     ]
     cells = [
         [
             row["model"], row["method"], row["storage"], row["runs"], row["phase"], str(row["sparsity"]), str(row["pairs"]),
             f"{float(row['ratio_median']):.3f}",
             f"{float(row['ratio_min']):.3f}-{float(row['ratio_max']):.3f}", f"{float(row['dense_epoch_seconds']):.2f}",
-            f"{float(row['sparse_epoch_seconds']):.2f}",
+            f"{float(row['sparse_epoch_seconds']):.2f}", f"{float(row['mask_share']):.3f}" if row.get("mask_share") not in (None, "") else "–",
         ]
         for row in rows
     ]

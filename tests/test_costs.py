@@ -257,6 +257,7 @@ def test_run_reports_costs_and_writes_a_compact_model(tiny_data_path):
     assert costs["optimizer_steps"] > 0 and costs["gradient_growth_updates"] >= 1
     assert costs["epochs_trained"] == 2 and costs["epoch_seconds"] > 0 and costs["peak_rss_bytes"] > 0
     assert costs["test_seconds"] > 0 and costs["inference_count_seconds"] > 0
+    assert 0 < costs["mask_update_seconds"] < costs["mask_seconds"] < 2 * costs["epoch_seconds"]
     # Mask mode holds every sparsified tensor densely: fp32 weights, gradients and Adam's two
     # moments (and its step count), plus the boolean mask and its fp32 multiplier.
     numel = [entry["numel"] for entry in result["sparsified"].values()]

@@ -337,7 +337,8 @@ def test_epoch_time_ratios_pair_each_dense_run_with_its_sparse_run(tmp_path):
     epoch_time = load_benchmark_module("epoch_time")
 
     def result(model, sparsity, repeat, seconds):
-        content = {"dsl": {"dsl_method": "dsl_mixed"}, "costs": {"epoch_seconds": seconds}}
+        costs = {"epoch_seconds": seconds, **({"mask_seconds": 0.2 * seconds, "epochs_trained": 2} if sparsity else {})}
+        content = {"dsl": {"dsl_method": "dsl_mixed"}, "costs": costs}
         (tmp_path / f"{model}-{sparsity}-{repeat}.json").write_text(json.dumps(content))
 
     for repeat, (dense, sparse) in enumerate([(2.0, 2.2), (4.0, 4.0), (1.0, 0.9)]):
@@ -348,7 +349,7 @@ def test_epoch_time_ratios_pair_each_dense_run_with_its_sparse_run(tmp_path):
     (row,) = epoch_time.table_rows(str(tmp_path), 0.9)
     assert (row["model"], row["method"], row["pairs"]) == ("BPR", "dsl_mixed", 3)
     assert (row["ratio_median"], row["ratio_min"], row["ratio_max"]) == (1.0, 0.9, 1.1)
-    assert (row["dense_epoch_seconds"], row["sparse_epoch_seconds"]) == (2.0, 2.2)
+    assert (row["dense_epoch_seconds"], row["sparse_epoch_seconds"], row["mask_share"]) == (2.0, 2.2, 0.1)
     assert row["storage"] == "masks" and epoch_time.table_rows(str(tmp_path), 0.9, "packed") == []
     packed = epoch_time.run_file(str(tmp_path), "BPR", 0.9, 1, "packed")
     packed.write_text(json.dumps({"dsl": {"dsl_method": "dsl_mixed"}, "costs": {"epoch_seconds": 3.0}}))
@@ -365,16 +366,17 @@ def test_interleaved_epoch_times_pair_the_two_trainers_epochs_by_phase(tmp_path)
     result = epoch_time.run_interleaved("BPR", args)
     assert (result["method"], result["storage"]) == ("dsl_momentum", "masks")
     assert [e["exploring"] for e in result["epochs"]] == [True, True, False]
-    assert all(e["dense"] > 0 and e["sparse"] > 0 for e in result["epochs"])
+    assert all(0 < e["mask"] < e["sparse"] and e["dense"] > 0 for e in result["epochs"])
     assert [row["method"] for row in epoch_time.interleaved_rows(str(tmp_path), 0.9)] == ["dsl_momentum"] * 2
     path = epoch_time.interleaved_file(str(tmp_path), "BPR", 0.9, "dsl_mixed")
     path.write_text(json.dumps({"method": "dsl_mixed", "storage": "masks", "epochs": [
-        {"dense": 2.0, "sparse": 2.4, "exploring": True}, {"dense": 2.0, "sparse": 2.0, "exploring": True},
-        {"dense": 2.0, "sparse": 2.2, "exploring": True}, {"dense": 4.0, "sparse": 3.6, "exploring": False},
+        {"dense": 2.0, "sparse": 2.4, "mask": 0.24, "exploring": True}, {"dense": 2.0, "sparse": 2.0, "mask": 0.4, "exploring": True},
+        {"dense": 2.0, "sparse": 2.2, "mask": 0.11, "exploring": True}, {"dense": 4.0, "sparse": 3.6, "exploring": False},
     ]}))
     exploring, frozen = epoch_time.interleaved_rows(str(tmp_path), 0.9)[:2]
     assert (exploring["phase"], exploring["runs"], exploring["pairs"], exploring["ratio_median"]) == ("exploring", "one process", 3, 1.1)
-    assert (exploring["ratio_min"], exploring["ratio_max"]) == (1.0, 1.2)
+    assert (exploring["ratio_min"], exploring["ratio_max"], exploring["mask_share"]) == (1.0, 1.2, 0.1)
+    assert frozen["mask_share"] == ""  # an epoch without its mask time: none reported
     assert (frozen["phase"], frozen["pairs"], frozen["ratio_median"], frozen["sparse_epoch_seconds"]) == ("frozen", 1, 0.9, 3.6)
 
 

@@ -2,6 +2,7 @@
 
 import io
 import math
+import time
 
 import pytest
 import torch
@@ -356,6 +357,26 @@ def test_static_mask_never_changes():
     assert all(torch.equal(initial[n], manager.masks[n]) for n in initial)
     assert manager.iteration == 10
     assert_invariant(manager)
+    assert manager.seconds["hooks"] > 0 and manager.seconds["updates"] == 0  # masking, no update
+
+
+def test_the_time_in_the_hooks_and_in_the_updates_is_counted_and_kept_with_the_state():
+    model = TwoTower()
+    manager = MaskManager(model, select_parameters(model, "all"), 0.3, schedule(update_interval=2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    manager.attach(optimizer)
+    outside = time.perf_counter()
+    for step in range(6):
+        optimizer.zero_grad()
+        model(torch.arange(10), torch.arange(10)).sum().backward()
+        optimizer.step()
+        if step == 0:
+            assert manager.seconds["updates"] == 0  # no update at the first step
+    outside = time.perf_counter() - outside
+    assert 0 < manager.seconds["updates"] < manager.seconds["hooks"] < outside
+    restored = MaskManager(TwoTower(), select_parameters(model, "all"), 0.3, schedule(update_interval=2))
+    restored.load_state_dict(manager.state_dict())
+    assert restored.seconds == manager.seconds
 
 
 def test_dense_manager_attaches_no_hooks():

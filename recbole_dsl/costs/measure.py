@@ -201,6 +201,9 @@ def measure_costs(trainer: DSLTrainerMixin, train_data, eval_data) -> Dict[str, 
         "gradient_growth_updates": trainer.gradient_growth_updates,
         "epochs_trained": len(seconds),
         "epoch_seconds": sum(seconds) / len(seconds) if seconds else math.nan,
+        # Of the training time, what the masks' step hooks took, and their updates alone.
+        "mask_seconds": trainer.mask_manager.seconds["hooks"],
+        "mask_update_seconds": trainer.mask_manager.seconds["updates"],
         "peak_rss_bytes": peak_rss_bytes,
         "inference_count_seconds": inference_count_seconds,
         "processes": 1,
@@ -240,7 +243,8 @@ def format_costs(costs: Mapping[str, Any]) -> str:
         row("parameter bytes", costs["param_bytes_compact"], costs["param_bytes_dense"]),
         row("non-zero params", costs["nonzero_params"], costs["params"]),
         row("training state", costs["train_state_bytes"], costs["train_state_bytes_dense"]),
-        f"    epoch time {costs['epoch_seconds']:.2f} s (mean of {costs['epochs_trained']}), "
+        f"    epoch time {costs['epoch_seconds']:.2f} s (mean of {costs['epochs_trained']}; masks "
+        f"{costs['mask_seconds']:.2f} s in all, updates {costs['mask_update_seconds']:.2f} s), "
         f"peak memory {costs['peak_rss_bytes'] / 2**20:,.0f} MiB",
     ]
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from :mod:`~recbole_dsl.sparse.optimizer_state`.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -139,6 +140,9 @@ class MaskManager:
         self._dense_start = dense_start
         # Packed tensors: the name of the module that holds each (see pack()).
         self._packed: Dict[str, str] = {}
+        # What the masks cost a run in time: host wall seconds spent in the step hooks (all
+        # mask work) and, of those, in mask updates. On a GPU they time the launches only.
+        self.seconds: Dict[str, float] = {"hooks": 0.0, "updates": 0.0}
 
         params = {name: self.param(name) for name in self.names}
         prefix_names, scaled_init_names = set(prefix_names), set(scaled_init_names)
@@ -291,6 +295,7 @@ class MaskManager:
 
     @torch.no_grad()
     def _pre_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        started = time.perf_counter()
         self.iteration += 1
         if self.schedule.is_update_iteration(self.iteration):
             ratio = self.schedule.update_ratio(self.iteration)
@@ -323,9 +328,12 @@ class MaskManager:
         due = [i for i in self._pending_ratio if any(n in owned for n in self.groups[i])]
         if due:
             ratio = self._pending_ratio[due[0]]
+            update_started = time.perf_counter()
             exchanged = sum(self._update_group(self.groups[i], self._pending_ratio.pop(i), owned) for i in due)
+            self.seconds["updates"] += time.perf_counter() - update_started
             if self.on_update is not None:
                 self.on_update(MaskUpdate(self.iteration, ratio, exchanged, self.overall_density()))
+        self.seconds["hooks"] += time.perf_counter() - started
 
     def _accumulates(self, iteration: Optional[int] = None) -> bool:
         """Interval gradients are summed while an update remains to rank them: up to the
@@ -370,9 +378,11 @@ class MaskManager:
 
     @torch.no_grad()
     def _post_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        started = time.perf_counter()
         owned = self._owned_tensors(optimizer)
         zero_inactive_([self.storage[name] for name, _ in owned], [param for _, param in owned])
         self._prepare_lookups()
+        self.seconds["hooks"] += time.perf_counter() - started
 
     def _prepare_lookups(self) -> None:
         """Packed tables keep their lookups' gradients for the next step only when it
@@ -568,6 +578,7 @@ class MaskManager:
             "pending_ratio": dict(self._pending_ratio),
             "generator": self._generator.get_state(),
             "accumulated": {n: g.clone() for n, g in self._accumulated.items()},
+            "seconds": dict(self.seconds),
         }
 
     @torch.no_grad()
@@ -591,5 +602,6 @@ class MaskManager:
         self._pending_ratio = {int(k): float(v) for k, v in state["pending_ratio"].items()}
         self._generator.set_state(state["generator"])
         self._accumulated = {n: g.to(self.storage[n].mask.device) for n, g in state.get("accumulated", {}).items()}
+        self.seconds = {key: float(state.get("seconds", {}).get(key, 0.0)) for key in self.seconds}
         self.apply_masks()
         self._prepare_lookups()
