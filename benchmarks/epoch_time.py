@@ -191,6 +191,7 @@ def interleaved_rows(work_dir: str, sparsity: float) -> List[Dict]:
 
 
 def phase_rows(model: str, sparsity: float, result: Dict) -> List[Dict]:
+    """One interleaved run's rows: its exploring epochs and its frozen ones."""
     rows = []
     for phase, exploring in (("exploring", True), ("frozen", False)):
         epochs = [e for e in result["epochs"] if e["exploring"] == exploring]
