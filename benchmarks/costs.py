@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from results_files import record_command, write_csv, write_page  # beside this script
+from results_files import benchmark_parser, parse_benchmark_arguments, record_command, write_csv, write_page  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["LightGCN", "BPR", "NeuMF", "MultiVAE", "SASRec"]
@@ -101,17 +100,11 @@ def write_outputs(rows: List[Dict], dataset: str, commands: List[str]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="ml-1m")
-    parser.add_argument("--data_path", default=None, help="folder holding <dataset>/<dataset>.inter (RecBole's default if not given)")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--sparsities", nargs="+", type=float, default=SPARSITIES)
     parser.add_argument("--epochs", type=int, default=2, help="training epochs per run (ratios do not depend on it)")
-    parser.add_argument("--work_dir", default=None, help="results JSON and checkpoints of each run (default benchmarks/runs/costs-<dataset>)")
-    args = parser.parse_args()
-    args.data_path = str(Path(args.data_path).resolve()) if args.data_path else None
-    args.work_dir = str(Path(args.work_dir or ROOT / "benchmarks" / "runs" / f"costs-{args.dataset}").resolve())
-    os.makedirs(args.work_dir, exist_ok=True)
+    args = parse_benchmark_arguments(parser, "costs")
     commands = record_command("costs.py", args.work_dir)
     for model in args.models:
         for sparsity in sorted(set([0.0] + args.sparsities)):

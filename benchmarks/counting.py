@@ -20,11 +20,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from results_files import merge_rows, record_command, write_csv, write_page  # beside this script
+from results_files import benchmark_parser, parse_benchmark_arguments, merge_rows, record_command, write_csv, write_page  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["BPR", "LightGCN", "MultiVAE", "NeuMF"]
@@ -83,15 +82,9 @@ def write_outputs(rows: List[Dict], args: argparse.Namespace, commands: List[str
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="ml-1m")
-    parser.add_argument("--data_path", default=None, help="folder holding <dataset>/<dataset>.inter (RecBole's default if not given)")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--work_dir", default=None, help="results JSON of each run (default benchmarks/runs/counting-<dataset>)")
-    args = parser.parse_args()
-    args.data_path = str(Path(args.data_path).resolve()) if args.data_path else None
-    args.work_dir = str(Path(args.work_dir or ROOT / "benchmarks" / "runs" / f"counting-{args.dataset}").resolve())
-    os.makedirs(args.work_dir, exist_ok=True)
+    args = parse_benchmark_arguments(parser, "counting")
     commands = record_command("counting.py", args.work_dir, ROOT / "docs" / f"counting-{args.dataset}.md")
     for model in args.models:
         run_one(model, args)

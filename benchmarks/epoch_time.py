@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import yaml
 
-from results_files import merge_rows, record_command, write_csv, write_page  # beside this script
+from results_files import benchmark_parser, parse_benchmark_arguments, merge_rows, record_command, write_csv, write_page  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["BPR", "LightGCN", "NeuMF", "MultiVAE", "SASRec"]
@@ -236,9 +236,7 @@ def write_outputs(rows: List[Dict], args: argparse.Namespace, commands: List[str
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="ml-1m")
-    parser.add_argument("--data_path", default=None, help="folder holding <dataset>/<dataset>.inter (RecBole's default if not given)")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per run (with --interleaved: per trainer)")
@@ -247,11 +245,7 @@ def main() -> int:
     parser.add_argument("--interleaved", action="store_true", help="a dense and a sparse trainer in one process, an epoch each in turn")
     parser.add_argument("--method", default="dsl_mixed", help="with --interleaved: the sparse trainer's dsl_method")
     parser.add_argument("--explore_epochs", type=int, default=1, help="with --interleaved: epochs that explore masks before they freeze")
-    parser.add_argument("--work_dir", default=None, help="results JSON of each run (default benchmarks/runs/epoch-time-<dataset>)")
-    args = parser.parse_args()
-    args.data_path = str(Path(args.data_path).resolve()) if args.data_path else None
-    args.work_dir = str(Path(args.work_dir or ROOT / "benchmarks" / "runs" / f"epoch-time-{args.dataset}").resolve())
-    os.makedirs(args.work_dir, exist_ok=True)
+    args = parse_benchmark_arguments(parser, "epoch-time")
     commands = record_command("epoch_time.py", args.work_dir, ROOT / "docs" / f"epoch-time-{args.dataset}.md")
     storage = "packed" if args.sparse_storage else "masks"
     if args.interleaved:

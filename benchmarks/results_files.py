@@ -4,6 +4,7 @@ scripts beside it."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import platform
@@ -31,6 +32,7 @@ METHOD_NAMES = {
     "dsl_momentum": "DSL, variable-length rows, momentum growth",
 }
 DENSE_METHODS = ("dense", "dense_small")
+RUNS = Path(__file__).resolve().parent / "runs"
 
 
 def read_rows(path: Path) -> List[Dict[str, str]]:
@@ -39,6 +41,26 @@ def read_rows(path: Path) -> List[Dict[str, str]]:
         return []
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """The command line the benchmarks of RecBole runs share: the dataset, where it is read
+    from and the folder that keeps each run's files; a benchmark adds its own options."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ml-1m")
+    parser.add_argument("--data_path", default=None, help="folder holding <dataset>/<dataset>.inter (RecBole's default if not given)")
+    parser.add_argument("--work_dir", default=None, help="each run's results JSON and files (default benchmarks/runs/<benchmark>-<dataset>)")
+    return parser
+
+
+def parse_benchmark_arguments(parser: argparse.ArgumentParser, benchmark: str) -> argparse.Namespace:
+    """The parsed command line, with ``--data_path`` and ``--work_dir`` made absolute (each run
+    starts in a folder of its own) and the work folder created."""
+    args = parser.parse_args()
+    args.data_path = str(Path(args.data_path).resolve()) if args.data_path else None
+    args.work_dir = str(Path(args.work_dir or RUNS / f"{benchmark}-{args.dataset}").resolve())
+    os.makedirs(args.work_dir, exist_ok=True)
+    return args
 
 
 def slug(text: str) -> str:

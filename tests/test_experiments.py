@@ -398,6 +398,21 @@ def test_a_benchmark_run_of_some_models_keeps_the_committed_rows_and_commands_of
     assert commands == ["python benchmarks/epoch_time.py --models BPR", "python benchmarks/epoch_time.py --models NeuMF"]
 
 
+def test_benchmark_command_lines_read_the_dataset_from_an_absolute_path_and_keep_runs_apart(tmp_path, monkeypatch):
+    results_files = load_benchmark_module("results_files")
+    monkeypatch.setattr(results_files, "RUNS", tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    parser = results_files.benchmark_parser("a benchmark")
+    parser.add_argument("--models", nargs="+", default=["BPR"])
+    monkeypatch.setattr(sys, "argv", ["counting.py", "--dataset=gowalla", "--data_path=data", "--models", "NeuMF"])
+    args = results_files.parse_benchmark_arguments(parser, "counting")
+    assert args.data_path == str(tmp_path / "data") and args.models == ["NeuMF"]
+    assert args.work_dir == str(tmp_path / "runs" / "counting-gowalla") and Path(args.work_dir).is_dir()
+    monkeypatch.setattr(sys, "argv", ["counting.py", "--work_dir=mine"])
+    args = results_files.parse_benchmark_arguments(parser, "counting")
+    assert args.data_path is None and args.work_dir == str(tmp_path / "mine") and Path(args.work_dir).is_dir()
+
+
 def test_the_memory_benchmark_measures_the_state_it_trains_with():
     memory = load_benchmark_module("memory")
     settings = dict(rows=2000, dim=16, sparsity=0.9, steps=6, batch_size=64, update_interval=3, init_update_ratio=0.5, threads=torch.get_num_threads(), seed=1)
