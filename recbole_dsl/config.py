@@ -9,7 +9,7 @@ import math
 import numbers
 import re
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterable, List
+from typing import Any, Dict, FrozenSet, Iterable, List, Tuple
 
 import recbole
 import torch
@@ -44,6 +44,7 @@ DSL_SETTINGS = (
     "regrown_keep_values",
     "growth_gradient",
     "prefix_growth",
+    "prefix_params",
     "scale_sparse_init",
     "sparse_storage",
 )
@@ -271,15 +272,8 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
         fail("growth_gradient", ", ".join(GROWTH_GRADIENTS[:-1]) + f" or {GROWTH_GRADIENTS[-1]} (or ~ for the method's own)")
     if config["prefix_growth"] not in PREFIX_GROWTHS:
         fail("prefix_growth", " or ".join(PREFIX_GROWTHS))
-    selection = config["sparse_params"]
-    if isinstance(selection, (list, tuple)) and selection and all(isinstance(p, str) for p in selection):
-        for pattern in selection:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise DSLConfigError(f"invalid sparse_params pattern {pattern!r}: {e}") from None
-    elif selection not in ("all", "embeddings"):
-        fail("sparse_params", "all, embeddings or a list of name patterns")
+    _validate_selection(config, "sparse_params", ("all", "embeddings"), allow_empty=False)
+    _validate_selection(config, "prefix_params", ("embeddings",), allow_empty=True)
     if not isinstance(config["cost_batches"], int) or isinstance(config["cost_batches"], bool) or config["cost_batches"] < 1:
         fail("cost_batches", "an integer >= 1")
     _validate_distributed(config)
@@ -288,6 +282,19 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
     for key in ("results_file", "resume_file"):
         if config[key] is not None and not isinstance(config[key], str):
             fail(key, "a file path")
+
+
+def _validate_selection(config: Dict[str, Any], key: str, names: Tuple[str, ...], allow_empty: bool) -> None:
+    """A selection of tensors: one of ``names`` or a list of name patterns (regular expressions)."""
+    selection = config[key]
+    if isinstance(selection, (list, tuple)) and (selection or allow_empty) and all(isinstance(p, str) for p in selection):
+        for pattern in selection:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise DSLConfigError(f"invalid {key} pattern {pattern!r}: {e}") from None
+    elif selection not in names:
+        raise DSLConfigError(f"invalid {key}={selection!r}: expected {', '.join(names)} or a list of name patterns")
 
 
 def _validate_distributed(config: Dict[str, Any]) -> None:

@@ -81,6 +81,8 @@ def test_dense_baseline_same_pipeline(tmp_path):
         ("--dsl_method=dense --sparsity=0.8", "invalid sparsity=0.8 with dsl_method=dense"),
         ("--prune_epoch_fraction=1", "invalid prune_epoch_fraction=1"),
         ("--sparse_params=weights", "invalid sparse_params='weights'"),
+        ("--prefix_params=tables", "invalid prefix_params='tables': expected embeddings or a list of name patterns"),
+        ("--prefix_params=['mlp']", "prefix_params=['mlp'] selects none of BPR's sparsified embedding tables"),
         ("--cost_batches=0", "invalid cost_batches=0: expected an integer >= 1"),
         ("--model=NoSuchModel", "unknown model [NoSuchModel]"),
         ("--dataset=no-such-dataset", "dataset [no-such-dataset] not found"),

@@ -171,6 +171,36 @@ def test_prefix_growth_is_checked_and_reaches_the_manager(tiny_data_path, tmp_pa
     assert create_trainer(config, get_model("BPR")(config, train_data._dataset)).mask_manager.prefix_growth == "row"
 
 
+@pytest.mark.parametrize("selection, prefix", [
+    ("embeddings", {"user_mf_embedding.weight", "item_mf_embedding.weight", "user_mlp_embedding.weight", "item_mlp_embedding.weight"}),
+    (["_mf_"], {"user_mf_embedding.weight", "item_mf_embedding.weight"}),
+    ([], set()),
+])
+def test_prefix_params_choose_the_tables_with_prefix_rows(tiny_data_path, tmp_path, selection, prefix):
+    config, train_data, _ = build(tiny_data_path, tmp_path, model="NeuMF", dsl_method="dsl_mixed", sparsity=0.8, prefix_params=selection)
+    manager = create_trainer(config, get_model("NeuMF")(config, train_data._dataset)).mask_manager
+    assert {n for n, structure in manager.structures.items() if structure == "prefix"} == prefix
+    for name, mask in manager.masks.items():
+        assert int(mask.sum()) == manager.budgets[name]
+        if name in prefix:  # every row active on a prefix of its columns
+            assert torch.equal(mask, prefix_mask(prefix_lengths(mask), mask.shape[1]))
+    unstructured = [manager.masks[n] for n in manager.names if n not in prefix and "embedding" in n]
+    assert all(not torch.equal(m, prefix_mask(prefix_lengths(m), m.shape[1])) for m in unstructured)
+
+
+def test_prefix_params_are_checked(tiny_data_path, tmp_path):
+    from recbole_dsl.errors import DSLConfigError
+
+    for value, message in (("tables", r"invalid prefix_params='tables': expected embeddings or a list of name patterns"),
+                           (["("], r"invalid prefix_params pattern '\('")):
+        with pytest.raises(DSLConfigError, match=message):
+            load_config("BPR", "tiny", config_dict={"data_path": tiny_data_path, "prefix_params": value})
+    config, train_data, _ = build(tiny_data_path, tmp_path, dsl_method="dsl_mixed", sparsity=0.8, prefix_params=["mlp"])
+    with pytest.raises(DSLConfigError, match=r"prefix_params=\['mlp'\] selects none of BPR's sparsified embedding tables "
+                       r"\(user_embedding.weight, item_embedding.weight\)"):
+        create_trainer(config, get_model("BPR")(config, train_data._dataset))
+
+
 @pytest.mark.parametrize("method, setting, expected", [
     ("dsl", None, "batch"), ("dsl_prefix", None, "batch"), ("dsl_mixed", None, "interval"),
     ("dsl", "interval", "interval"), ("dsl_mixed", "batch", "batch"), ("dsl_interval", None, "interval"),
