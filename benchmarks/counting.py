@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from results_files import benchmark_parser, parse_benchmark_arguments, merge_rows, record_command, write_csv, write_page  # beside this script
+from results_files import benchmark_parser, merge_rows, parse_benchmark_arguments, record_command, write_csv, write_page  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["BPR", "LightGCN", "MultiVAE", "NeuMF"]

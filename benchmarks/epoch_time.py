@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import yaml
 
-from results_files import benchmark_parser, parse_benchmark_arguments, merge_rows, record_command, write_csv, write_page  # beside this script
+from results_files import benchmark_parser, merge_rows, parse_benchmark_arguments, record_command, write_csv, write_page  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["BPR", "LightGCN", "NeuMF", "MultiVAE", "SASRec"]

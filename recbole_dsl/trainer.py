@@ -214,12 +214,15 @@ class DSLTrainerMixin:
         if method.embedding_structure == "prefix":
             tables = [n for n in names if n in embeddings and self.model.get_parameter(n).dim() == 2]
             selection = config["prefix_params"]
-            prefix_names = tables if selection == "embeddings" else [n for n in tables if n in select_parameters(self.model, selection)]
-            if selection and selection != "embeddings" and not prefix_names:
-                raise DSLConfigError(
-                    f"prefix_params={selection!r} selects none of {config['model']}'s sparsified embedding tables "
-                    f"({', '.join(tables) or 'none'}); [] gives every table unstructured masks"
-                )
+            prefix_names = tables
+            if selection != "embeddings":
+                selected = set(select_parameters(self.model, selection))
+                prefix_names = [n for n in tables if n in selected]
+                if selection and not prefix_names:
+                    raise DSLConfigError(
+                        f"prefix_params={selection!r} selects none of {config['model']}'s sparsified embedding tables "
+                        f"({', '.join(tables) or 'none'}); [] gives every table unstructured masks"
+                    )
         # A lookup table has no fan-in: only the layers that sum over their inputs are rescaled
         # (the manager leaves a dense start as it is).
         scales_init = config["scale_sparse_init"] and method.sparse
