@@ -52,6 +52,8 @@ RECBOLE_DIR = Path(recbole.__file__).resolve().parent
 # run_recbole_dsl.py's own arguments, which RecBole's command-line reader also sees.
 ENTRY_POINT_ARGUMENTS = ("model", "dataset", "config_files", "sweep", "sweep_dir", "ray_address")
 _CONFIG_READ = re.compile(r"""config\[\s*["'](\w+)["']\s*\]""")
+# The values of ``learner`` that RecBole's trainer builds; it trains any other with Adam.
+LEARNERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,6 +162,7 @@ class DSLConfig(Config):
                 check_known_keys(settings or {}, source)
                 # The DSL properties get their own, more precise, checks below.
                 check_value_types({k: v for k, v in (settings or {}).items() if k not in self.parameters["DSL"]}, source)
+        validate_training_settings(self.final_config_dict)
         validate_dsl_config(self)
         if get_method(self["dsl_method"]).full_dense and self["sparsity"] != 0:
             if "sparsity" in self.external_config_dict:
@@ -223,6 +226,33 @@ class DSLConfig(Config):
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def validate_training_settings(config: Dict[str, Any]) -> None:
+    """Raise :class:`DSLConfigError` for RecBole training settings that RecBole takes
+    unchecked: with no epoch or an empty batch a run would test the untrained model, a
+    negative learning rate or weight decay fails inside the optimizer with a traceback, an
+    unknown learner trains with Adam, and a malformed clip_grad_norm fails mid-training."""
+
+    def integer(key: str) -> bool:
+        return isinstance(config[key], int) and not isinstance(config[key], bool)
+
+    for key in ("epochs", "train_batch_size", "eval_batch_size"):
+        if not integer(key) or config[key] < 1:
+            raise DSLConfigError(f"invalid {key}={config[key]!r}: expected an integer >= 1")
+    if config.get("embedding_size") is not None and (not integer("embedding_size") or config["embedding_size"] < 1):
+        raise DSLConfigError(f"invalid embedding_size={config['embedding_size']!r}: expected an integer >= 1")
+    if not _is_number(config["learning_rate"]) or not config["learning_rate"] > 0:
+        raise DSLConfigError(f"invalid learning_rate={config['learning_rate']!r}: expected a number > 0")
+    if not _is_number(config["weight_decay"]) or not config["weight_decay"] >= 0:
+        raise DSLConfigError(f"invalid weight_decay={config['weight_decay']!r}: expected a number >= 0")
+    if not isinstance(config["learner"], str) or config["learner"].lower() not in LEARNERS:
+        raise DSLConfigError(f"invalid learner={config['learner']!r}: expected {', '.join(LEARNERS[:-1])} or {LEARNERS[-1]}")
+    clip = config["clip_grad_norm"]
+    if clip is not None and not (isinstance(clip, dict) and _is_number(clip.get("max_norm")) and all(isinstance(k, str) for k in clip)):
+        raise DSLConfigError(
+            f"invalid clip_grad_norm={clip!r}: expected ~ (None) or a mapping with max_norm, e.g. {{'max_norm': 5, 'norm_type': 2}}"
+        )
 
 
 def validate_dsl_config(config: Dict[str, Any]) -> None:

@@ -84,6 +84,15 @@ def test_dense_baseline_same_pipeline(tmp_path):
         ("--prefix_params=tables", "invalid prefix_params='tables': expected embeddings or a list of name patterns"),
         ("--prefix_params=['mlp']", "prefix_params=['mlp'] selects none of BPR's sparsified embedding tables"),
         ("--cost_batches=0", "invalid cost_batches=0: expected an integer >= 1"),
+        ("--epochs=0", "invalid epochs=0: expected an integer >= 1"),
+        ("--train_batch_size=0", "invalid train_batch_size=0: expected an integer >= 1"),
+        ("--eval_batch_size=-1", "invalid eval_batch_size=-1: expected an integer >= 1"),
+        ("--embedding_size=0", "invalid embedding_size=0: expected an integer >= 1"),
+        ("--learning_rate=-1", "invalid learning_rate=-1: expected a number > 0"),
+        ("--weight_decay=-0.1", "invalid weight_decay=-0.1: expected a number >= 0"),
+        ("--learner=adma", "invalid learner='adma': expected adam, adamw, sgd, adagrad, rmsprop or sparse_adam"),
+        ("--clip_grad_norm=5", "invalid clip_grad_norm=5: expected ~ (None) or a mapping with max_norm"),
+        ("--clip_grad_norm={'max_nrom':5}", "invalid clip_grad_norm={'max_nrom': 5}"),
         ("--model=NoSuchModel", "unknown model [NoSuchModel]"),
         ("--dataset=no-such-dataset", "dataset [no-such-dataset] not found"),
         ("--config_files=missing.yaml", "config file missing.yaml does not exist"),
@@ -96,8 +105,9 @@ def test_dense_baseline_same_pipeline(tmp_path):
     ],
 )
 def test_bad_input_is_one_line(arg, message, monkeypatch, capsys):
-    defaults = [d for d in ("--model=BPR", "--dataset=ml-100k") if not arg.startswith(d.split("=")[0] + "=")]
-    monkeypatch.setattr(sys, "argv", ["run_recbole_dsl.py", *defaults, *arg.split(), *FAST])
+    given = {a.split("=")[0] for a in arg.split()}
+    defaults = [d for d in ("--model=BPR", "--dataset=ml-100k", *FAST) if d.split("=")[0] not in given]
+    monkeypatch.setattr(sys, "argv", ["run_recbole_dsl.py", *defaults, *arg.split()])
     assert run_recbole_dsl.main() == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err, err
