@@ -242,8 +242,8 @@ def validate_training_settings(config: Dict[str, Any]) -> None:
             raise DSLConfigError(f"invalid {key}={config[key]!r}: expected an integer >= 1")
     if config.get("embedding_size") is not None and (not integer("embedding_size") or config["embedding_size"] < 1):
         raise DSLConfigError(f"invalid embedding_size={config['embedding_size']!r}: expected an integer >= 1")
-    if not _is_number(config["learning_rate"]) or not config["learning_rate"] > 0:
-        raise DSLConfigError(f"invalid learning_rate={config['learning_rate']!r}: expected a number > 0")
+    if not _is_number(config["learning_rate"]) or not config["learning_rate"] >= 0:
+        raise DSLConfigError(f"invalid learning_rate={config['learning_rate']!r}: expected a number >= 0")
     if not _is_number(config["weight_decay"]) or not config["weight_decay"] >= 0:
         raise DSLConfigError(f"invalid weight_decay={config['weight_decay']!r}: expected a number >= 0")
     if not isinstance(config["learner"], str) or config["learner"].lower() not in LEARNERS:

@@ -88,7 +88,7 @@ def test_dense_baseline_same_pipeline(tmp_path):
         ("--train_batch_size=0", "invalid train_batch_size=0: expected an integer >= 1"),
         ("--eval_batch_size=-1", "invalid eval_batch_size=-1: expected an integer >= 1"),
         ("--embedding_size=0", "invalid embedding_size=0: expected an integer >= 1"),
-        ("--learning_rate=-1", "invalid learning_rate=-1: expected a number > 0"),
+        ("--learning_rate=-1", "invalid learning_rate=-1: expected a number >= 0"),
         ("--weight_decay=-0.1", "invalid weight_decay=-0.1: expected a number >= 0"),
         ("--learner=adma", "invalid learner='adma': expected adam, adamw, sgd, adagrad, rmsprop or sparse_adam"),
         ("--clip_grad_norm=5", "invalid clip_grad_norm=5: expected ~ (None) or a mapping with max_norm"),
