@@ -228,19 +228,19 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def validate_training_settings(config: Dict[str, Any]) -> None:
     """Raise :class:`DSLConfigError` for RecBole training settings that RecBole takes
     unchecked: with no epoch or an empty batch a run would test the untrained model, a
     negative learning rate or weight decay fails inside the optimizer with a traceback, an
     unknown learner trains with Adam, and a malformed clip_grad_norm fails mid-training."""
-
-    def integer(key: str) -> bool:
-        return isinstance(config[key], int) and not isinstance(config[key], bool)
-
     for key in ("epochs", "train_batch_size", "eval_batch_size"):
-        if not integer(key) or config[key] < 1:
+        if not _is_integer(config[key]) or config[key] < 1:
             raise DSLConfigError(f"invalid {key}={config[key]!r}: expected an integer >= 1")
-    if config.get("embedding_size") is not None and (not integer("embedding_size") or config["embedding_size"] < 1):
+    if config.get("embedding_size") is not None and (not _is_integer(config["embedding_size"]) or config["embedding_size"] < 1):
         raise DSLConfigError(f"invalid embedding_size={config['embedding_size']!r}: expected an integer >= 1")
     if not _is_number(config["learning_rate"]) or not config["learning_rate"] >= 0:
         raise DSLConfigError(f"invalid learning_rate={config['learning_rate']!r}: expected a number >= 0")
@@ -265,7 +265,7 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
         fail("dsl_method", ", ".join(DSL_METHODS[:-1]) + " or " + DSL_METHODS[-1])
     if not _is_number(config["sparsity"]) or not 0.0 <= config["sparsity"] < 1.0:
         fail("sparsity", "a number in [0, 1)")
-    if not isinstance(config["update_interval"], int) or isinstance(config["update_interval"], bool) or config["update_interval"] < 1:
+    if not _is_integer(config["update_interval"]) or config["update_interval"] < 1:
         fail("update_interval", "an integer >= 1 (for a static random mask use dsl_method=rp)")
     if not _is_number(config["init_update_ratio"]) or not 0.0 < config["init_update_ratio"] <= 1.0:
         fail("init_update_ratio", "a number in (0, 1]")
@@ -274,7 +274,7 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
     if not _is_number(config["update_end"]) or not 0.0 < config["update_end"] <= 1.0:
         fail("update_end", "a number in (0, 1]")
     update_epochs = config["update_epochs"]
-    if update_epochs is not None and (not isinstance(update_epochs, int) or isinstance(update_epochs, bool) or update_epochs < 1):
+    if update_epochs is not None and (not _is_integer(update_epochs) or update_epochs < 1):
         fail("update_epochs", "an integer >= 1, or ~ (None) for update_end alone")
     if not _is_number(config["prune_epoch_fraction"]) or not 0.0 < config["prune_epoch_fraction"] < 1.0:
         fail("prune_epoch_fraction", "a number in (0, 1)")
@@ -304,7 +304,7 @@ def validate_dsl_config(config: Dict[str, Any]) -> None:
         fail("prefix_growth", " or ".join(PREFIX_GROWTHS))
     _validate_selection(config, "sparse_params", ("all", "embeddings"), allow_empty=False)
     _validate_selection(config, "prefix_params", ("embeddings",), allow_empty=True)
-    if not isinstance(config["cost_batches"], int) or isinstance(config["cost_batches"], bool) or config["cost_batches"] < 1:
+    if not _is_integer(config["cost_batches"]) or config["cost_batches"] < 1:
         fail("cost_batches", "an integer >= 1")
     _validate_distributed(config)
     if config["sparse_storage"] and max(config["nproc"], config["world_size"]) > 1:
@@ -328,20 +328,17 @@ def _validate_selection(config: Dict[str, Any], key: str, names: Tuple[str, ...]
 
 
 def _validate_distributed(config: Dict[str, Any]) -> None:
-    def integer(key: str) -> bool:
-        return isinstance(config[key], int) and not isinstance(config[key], bool)
-
-    if not integer("nproc") or config["nproc"] < 1:
+    if not _is_integer(config["nproc"]) or config["nproc"] < 1:
         raise DSLConfigError(f"invalid nproc={config['nproc']!r}: expected an integer >= 1")
-    if not integer("offset") or config["offset"] < 0:
+    if not _is_integer(config["offset"]) or config["offset"] < 0:
         raise DSLConfigError(f"invalid offset={config['offset']!r}: expected an integer >= 0")
     world_size = config["nproc"] if config["world_size"] == -1 else config["world_size"]
-    if not integer("world_size") or world_size < config["nproc"] + config["offset"]:
+    if not _is_integer(config["world_size"]) or world_size < config["nproc"] + config["offset"]:
         raise DSLConfigError(
             f"invalid world_size={config['world_size']!r}: expected -1 (nproc) or an integer >= offset + nproc "
             f"({config['offset']} + {config['nproc']}), the processes on all machines"
         )
-    if not integer("port") or not 0 < config["port"] < 65536:
+    if not _is_integer(config["port"]) or not 0 < config["port"] < 65536:
         raise DSLConfigError(f"invalid port={config['port']!r}: expected a TCP port number")
 
 
