@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+from unittest import mock
 
 import torch
 import yaml
@@ -148,13 +149,15 @@ def run_interleaved(model: str, args: argparse.Namespace) -> Dict:
 
     trainers, train_data = [], None
     for sparsity in (0.0, args.sparsity):
-        config = load_config(model, args.dataset, config_dict={
-            **({"data_path": args.data_path} if args.data_path else {}), "sparsity": sparsity, "epochs": args.epochs,
-            "update_epochs": args.explore_epochs, "show_progress": False, "state": "ERROR",
-            **({"dsl_method": args.method} if sparsity > 0 else {}),
-            "checkpoint_dir": str(Path(args.work_dir) / "saved"), "sparse_storage": bool(args.sparse_storage and sparsity > 0),
-            **settings_dict(MODEL_SETTINGS.get(model, [])),
-        })
+        # RecBole's Config reads sys.argv too: this benchmark's own options are not its settings.
+        with mock.patch.object(sys, "argv", sys.argv[:1]):
+            config = load_config(model, args.dataset, config_dict={
+                **({"data_path": args.data_path} if args.data_path else {}), "sparsity": sparsity, "epochs": args.epochs,
+                "update_epochs": args.explore_epochs, "show_progress": False, "state": "ERROR",
+                **({"dsl_method": args.method} if sparsity > 0 else {}),
+                "checkpoint_dir": str(Path(args.work_dir) / "saved"), "sparse_storage": bool(args.sparse_storage and sparsity > 0),
+                **settings_dict(MODEL_SETTINGS.get(model, [])),
+            })
         init_seed(config["seed"], config["reproducibility"])
         if train_data is None:
             train_data, _, _ = data_preparation(config, load_dataset(config))

@@ -357,8 +357,10 @@ def test_epoch_time_ratios_pair_each_dense_run_with_its_sparse_run(tmp_path):
     assert (row["storage"], row["pairs"], row["ratio_median"]) == ("packed", 1, 0.75)
 
 
-def test_interleaved_epoch_times_pair_the_two_trainers_epochs_by_phase(tmp_path):
+def test_interleaved_epoch_times_pair_the_two_trainers_epochs_by_phase(tmp_path, monkeypatch):
     epoch_time = load_benchmark_module("epoch_time")
+    # The benchmark's own options on its command line are not RecBole settings.
+    monkeypatch.setattr(sys, "argv", ["epoch_time.py", "--interleaved", f"--work_dir={tmp_path}"])
     args = argparse.Namespace(
         dataset="ml-100k", data_path=None, sparsity=0.9, epochs=3, explore_epochs=2, sparse_storage=False, work_dir=str(tmp_path),
         method="dsl_momentum",
@@ -462,3 +464,24 @@ def test_popularity_lengths_fill_the_budget_in_popularity_order():
     assert popularity_lengths(counts, 20, 8, 0.0).tolist() == [4, 4, 3, 3, 3, 3]  # uniform; the remainder in row order
     steep = popularity_lengths(counts, 20, 8, 1.0)
     assert steep.tolist() == [1, 1, 1, 8, 8, 1]
+
+
+def test_masking_pass_modes_are_what_they_say():
+    """The masking-pass benchmark's sparse mode keeps inactive entries at zero through its
+    hooks; without them the same model's zeros drift; the dense modes stay dense."""
+    masking_pass = load_benchmark_module("masking_pass")
+    args = argparse.Namespace(users=30, items=20, dim=8, batch_size=16, sparsity=0.9)
+    torch.manual_seed(0)
+    batches = [tuple(torch.randint(n, (16,)) for n in (30, 20, 20)) for _ in range(5)]
+    zeros = {}
+    for mode in masking_pass.MODES:
+        model, optimizer = masking_pass.build(mode, args)
+        before = model.user_embedding.weight.detach().clone()
+        masking_pass.trainer(model, optimizer, batches)()
+        after = model.user_embedding.weight.detach()
+        zeros[mode] = int((after == 0).sum())
+        if mode == "sparse":
+            assert torch.equal(after == 0, before == 0)  # the frozen masks' zeros stay zero
+    assert zeros["sparse"] == 30 * 8 - round(0.1 * 30 * 8)
+    assert zeros["sparse_without_hooks"] < zeros["sparse"]
+    assert zeros["dense"] == zeros["dense_with_one_pass"] == 0
