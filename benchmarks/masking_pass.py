@@ -57,7 +57,7 @@ def build(mode: str, args: argparse.Namespace) -> Tuple[BPR, torch.optim.Optimiz
         names = ["user_embedding.weight", "item_embedding.weight"]
         # end_iteration 0: no update ever falls due, the masks are frozen from the start.
         schedule = CosineUpdateSchedule(update_interval=100, init_update_ratio=0.5, end_iteration=0)
-        manager = MaskManager(model, names, 1.0 - args.sparsity, schedule, prefix_names=names, growth_gradient="interval")
+        manager = MaskManager(model, names, 1.0 - args.sparsity, schedule, prefix_names=names)
         if mode == "sparse":
             manager.attach(optimizer)
     if mode == "dense_with_one_pass":
