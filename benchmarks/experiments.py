@@ -19,7 +19,9 @@ dsl_momentum (dsl_mixed growing by the optimizer's running average of the gradie
 Every run is one ``run_recbole_dsl.py`` process with the profile's settings
 (``benchmarks/profiles/<profile>.yaml``). Its row is appended to
 ``benchmarks/results/<experiment>.csv`` as soon as it finishes; configurations already in
-the CSV are skipped, so an interrupted experiment resumes where it stopped. A failed run
+the CSV are skipped, so an interrupted experiment resumes where it stopped; a run that was
+itself interrupted (the harness stopped, the run killed or past ``--timeout``) goes on from
+its last best-model checkpoint, as it would have without the interruption. A failed run
 is recorded with its error and the others go on. ``plot`` redraws ``docs/figures/`` and
 rewrites ``docs/results.md`` from the CSVs.
 """
@@ -65,6 +67,10 @@ KEY_COLUMNS = {
     "popularity": ("model", "dataset", "method", "sparsity", "seed", "profile"),
     "sensitivity": ("model", "dataset", "method", "sparsity", "update_interval", "init_update_ratio", "seed", "profile"),
 }
+
+
+# run_recbole_dsl.py's exit status after Ctrl-C; a run killed by a signal has a negative one.
+INTERRUPTED_EXIT_STATUSES = (130,)
 
 
 class ExperimentError(Exception):
@@ -252,10 +258,41 @@ def error_line(log_file: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
+def interrupted_checkpoint(run_dir: Path, config: Dict[str, Any]) -> Optional[Path]:
+    """The checkpoint an interrupted invocation of this same configuration left in
+    ``run_dir`` (its best model so far, with the training state to go on from), if any.
+    The checkpoints of other settings are removed: the run starts over."""
+    saved, settings_file = run_dir / "saved", run_dir / "run.yaml"
+    checkpoints = sorted(saved.glob("*.pth"), key=lambda p: p.stat().st_mtime)
+    if not checkpoints:
+        return None
+    if settings_file.is_file():
+        with open(settings_file, encoding="utf-8") as f:
+            if yaml.safe_load(f) == config:
+                return checkpoints[-1]
+    shutil.rmtree(saved)
+    return None
+
+
+def earlier_seconds(run_dir: Path) -> float:
+    """Wall seconds the earlier invocations of an interrupted run took: each from its
+    settings file's writing to its log's last line, summed in ``earlier_seconds``."""
+    total_file, log_file = run_dir / "earlier_seconds", run_dir / "output.log"
+    total = float(total_file.read_text()) if total_file.is_file() else 0.0
+    if log_file.is_file():
+        total += max(0.0, log_file.stat().st_mtime - (run_dir / "run.yaml").stat().st_mtime)
+        kept = len(list(run_dir.glob("output.*.log"))) + 1
+        log_file.rename(run_dir / f"output.{kept}.log")  # its log is kept beside the new one
+        total_file.write_text(f"{total:.1f}\n")
+    return total
+
+
 def execute(run: Run, args: argparse.Namespace) -> Tuple[Dict[str, Any], Optional[Path]]:
     """Train one configuration in its own process; returns its CSV row and, when it
     succeeded, its results file. A results file from an earlier, interrupted invocation is
-    reused instead of training again."""
+    reused instead of training again; a checkpoint from one is resumed (its wall seconds
+    then count every invocation). A run that ends with its own error starts over when
+    it is retried."""
     run_dir = Path(args.work_dir).resolve() / run.experiment / slug(run.profile.label) / run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     config = run.config(args.data_path, run_dir)
@@ -263,23 +300,29 @@ def execute(run: Run, args: argparse.Namespace) -> Tuple[Dict[str, Any], Optiona
     results_file, seconds_file = run_dir / "result.json", run_dir / "wall_seconds"
     started = time.perf_counter()
     if not results_file.is_file():
+        checkpoint = interrupted_checkpoint(run_dir, config)
+        earlier = earlier_seconds(run_dir) if checkpoint else 0.0
         with open(run_dir / "run.yaml", "w", encoding="utf-8") as f:
             yaml.safe_dump(config, f, sort_keys=True)
         command = [
             sys.executable, str(ROOT / "run_recbole_dsl.py"), f"--model={run.model}", f"--dataset={run.dataset}",
-            f"--config_files={run.config_files(run_dir)}",
+            f"--config_files={run.config_files(run_dir)}", *([f"--resume_file={checkpoint}"] if checkpoint else []),
         ]
+        if checkpoint:
+            print(f"[{run.experiment}] {run.name}: resuming from {checkpoint}", flush=True)
         log_file = run_dir / "output.log"
         with open(log_file, "w", encoding="utf-8") as log:
             try:
                 completed = subprocess.run(command, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout)
                 failure = f"exit status {completed.returncode}: {error_line(log_file)}" if completed.returncode else None
             except subprocess.TimeoutExpired:
-                failure = f"timed out after {args.timeout} s"
+                completed, failure = None, f"timed out after {args.timeout} s"
         if failure:
+            if completed is not None and completed.returncode > 0 and completed.returncode not in INTERRUPTED_EXIT_STATUSES:
+                shutil.rmtree(run_dir / "saved", ignore_errors=True)  # not interrupted: a retry starts over
             return {**run.key_values(), "epochs": settings.get("epochs", ""), "error": failure,
-                    "wall_seconds": round(time.perf_counter() - started, 1)}, None
-        seconds_file.write_text(f"{time.perf_counter() - started:.1f}\n")
+                    "wall_seconds": round(earlier + time.perf_counter() - started, 1)}, None
+        seconds_file.write_text(f"{earlier + time.perf_counter() - started:.1f}\n")
     result = json.loads(results_file.read_text())
     seconds = float(seconds_file.read_text()) if seconds_file.is_file() else math.nan
     if not args.keep_checkpoints and run.experiment != "popularity":

@@ -4,6 +4,8 @@ popularity analysis (recbole_dsl.analysis)."""
 import argparse
 import csv
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -39,11 +41,30 @@ metric: ndcg@10
 """
 
 
-def harness(*args, cwd):
+def harness(*args, cwd, env=None):
     return subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "experiments.py"), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=900,
+        cwd=cwd, capture_output=True, text=True, timeout=900, env=env,
     )
+
+
+# Loaded by every Python process started with its folder on PYTHONPATH: the runs a harness
+# starts are killed (SIGKILL, as when their machine is taken away) at an epoch's start.
+KILLED_AT_EPOCH = """
+import os, signal
+import recbole_dsl.trainer as trainer
+
+_train_epoch = trainer.DSLTrainerMixin._train_epoch
+
+
+def _killed_at_epoch(self, train_data, epoch_idx, *args, **kwargs):
+    if epoch_idx == int(os.environ["KILL_AT_EPOCH"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _train_epoch(self, train_data, epoch_idx, *args, **kwargs)
+
+
+trainer.DSLTrainerMixin._train_epoch = _killed_at_epoch
+"""
 
 
 def read_csv(path):
@@ -149,6 +170,43 @@ def test_quality_runs_every_method_appends_rows_and_resumes(tiny_args, tmp_path)
     failed = read_csv(csv_file)[-1]
     assert failed["model"] == "NoSuchModel" and failed["error"].startswith("exit status 2: unknown model [NoSuchModel]")
     assert len(read_csv(csv_file)) == 2 + len(sparse)
+
+
+@pytest.mark.slow
+def test_a_killed_run_goes_on_from_its_checkpoint_and_ends_as_the_uninterrupted_one(tiny_args, tmp_path):
+    options = ["--methods", "dsl_mixed", "--sparsities", "0.8", "--set", "epochs=5"]
+    whole = harness("quality", *tiny_args(), *options, f"--results_dir={tmp_path / 'whole'}",
+                    f"--work_dir={tmp_path / 'whole-runs'}", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    (reference,) = read_csv(tmp_path / "whole" / "quality.csv")
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(KILLED_AT_EPOCH)
+    env = {**os.environ, "KILL_AT_EPOCH": "3", "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))}
+    killed = harness("quality", *tiny_args(), *options, cwd=tmp_path, env=env)
+    assert killed.returncode == 1 and "FAILED: exit status -9" in killed.stdout, killed.stdout[-3000:] + killed.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "quality" / "tiny_epochs_5" / "BPR-tiny-dsl_mixed-s0.8-seed2020"
+    assert len(list((run_dir / "saved").glob("*.pth"))) == 1
+
+    resumed = harness("quality", *tiny_args(), *options, "--retry_failed", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    log = (run_dir / "output.log").read_text()
+    start = int(re.search(r"Resume training from epoch (\d+)", log).group(1))
+    assert 1 <= start <= 3 and f"epoch {start} training" in log and f"epoch {start - 1} training" not in log
+    assert "epoch 2 training" in (run_dir / "output.1.log").read_text()  # the killed invocation's log is kept
+
+    failed, done = read_csv(tmp_path / "results" / "quality.csv")
+    assert failed["error"].startswith("exit status -9") and done["error"] == ""
+    for column in ("epochs_trained", "best_valid_score", "ndcg@10", "recall@10", "valid_scores", "optimizer_steps",
+                   "gradient_growth_updates", "final_density"):
+        assert done[column] == reference[column], column
+    # Both invocations count: each from its settings' writing to its log's last line at least.
+    earlier = float((run_dir / "earlier_seconds").read_text())
+    assert 0 < earlier <= float(failed["wall_seconds"]) + 0.1
+    resumed_span = (run_dir / "output.log").stat().st_mtime - (run_dir / "run.yaml").stat().st_mtime
+    assert float(done["wall_seconds"]) + 0.1 >= earlier + resumed_span
 
 
 def test_a_profile_with_overridden_settings_runs_as_a_profile_of_its_own(tiny_args, tmp_path):
