@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from recbole_dsl.tools.analysis import group_density, main as analysis_main, popularity_groups
 from recbole_dsl.quick_start import run_recbole_dsl
@@ -317,6 +318,45 @@ def load_benchmark_module(name):
         return __import__(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_a_checkpoint_is_resumed_only_for_its_own_settings_and_after_an_interruption(tiny_args, tmp_path, monkeypatch):
+    experiments = load_benchmark_module("experiments")
+    options = experiments.parse_args(["quality", *tiny_args(), "--methods", "dsl", "--sparsities", "0.8"])
+    run = experiments.quality_runs(options, experiments.load_profile(options.profile))[-1]
+    run_dir = Path(options.work_dir).resolve() / "quality" / "tiny" / run.name
+    commands = []
+
+    def ends_with(status):
+        def run_process(command, cwd, stdout, **kwargs):
+            commands.append(command)
+            stdout.write("error: it went wrong\n")
+            stdout.flush()
+            return subprocess.CompletedProcess(command, status)
+        return run_process
+
+    def interrupted_before(settings):
+        (run_dir / "saved").mkdir(parents=True, exist_ok=True)
+        (run_dir / "saved" / "BPR-2.pth").write_bytes(b"newer")
+        (run_dir / "saved" / "BPR-1.pth").write_bytes(b"older")
+        os.utime(run_dir / "saved" / "BPR-1.pth", (1, 1))
+        (run_dir / "saved" / "BPR-2.pth.77.tmp").write_bytes(b"half written")
+        (run_dir / "run.yaml").write_text(yaml.safe_dump(settings))
+        (run_dir / "output.log").write_text("epoch 0 training\n")
+
+    settings = run.config(options.data_path, run_dir)
+    for status, resumable in ((-9, True), (130, True), (2, False)):
+        interrupted_before(settings)
+        monkeypatch.setattr(experiments.subprocess, "run", ends_with(status))
+        row, _ = experiments.execute(run, options)
+        assert row["error"] == f"exit status {status}: it went wrong"
+        assert commands[-1][-1] == f"--resume_file={run_dir / 'saved' / 'BPR-2.pth'}"
+        assert (run_dir / "saved").is_dir() == resumable  # a run that failed on its own starts over
+
+    interrupted_before({**settings, "epochs": 3})
+    row, _ = experiments.execute(run, options)
+    assert not any(argument.startswith("--resume_file") for argument in commands[-1])
+    assert not (run_dir / "saved").exists()
 
 
 def quality_row(model, method, sparsity, ndcg, epochs):
