@@ -263,20 +263,21 @@ def interrupted_checkpoint(run_dir: Path, config: Dict[str, Any]) -> Optional[Pa
     ``run_dir`` (its best model so far, with the training state to go on from), if any.
     The checkpoints of other settings are removed: the run starts over."""
     saved, settings_file = run_dir / "saved", run_dir / "run.yaml"
-    checkpoints = sorted(saved.glob("*.pth"), key=lambda p: p.stat().st_mtime)
+    checkpoints = list(saved.glob("*.pth"))
     if not checkpoints:
         return None
     if settings_file.is_file():
         with open(settings_file, encoding="utf-8") as f:
             if yaml.safe_load(f) == config:
-                return checkpoints[-1]
+                return max(checkpoints, key=lambda p: p.stat().st_mtime)
     shutil.rmtree(saved)
     return None
 
 
-def earlier_seconds(run_dir: Path) -> float:
-    """Wall seconds the earlier invocations of an interrupted run took: each from its
-    settings file's writing to its log's last line, summed in ``earlier_seconds``."""
+def set_aside_earlier_invocation(run_dir: Path) -> float:
+    """Keep the log of an interrupted run's last invocation as ``output.<n>.log`` and add
+    its wall seconds (from its settings file's writing to its log's last line) to those of
+    the ones before, in ``earlier_seconds``; returns that sum."""
     total_file, log_file = run_dir / "earlier_seconds", run_dir / "output.log"
     total = float(total_file.read_text()) if total_file.is_file() else 0.0
     if log_file.is_file():
@@ -301,7 +302,7 @@ def execute(run: Run, args: argparse.Namespace) -> Tuple[Dict[str, Any], Optiona
     started = time.perf_counter()
     if not results_file.is_file():
         checkpoint = interrupted_checkpoint(run_dir, config)
-        earlier = earlier_seconds(run_dir) if checkpoint else 0.0
+        earlier = set_aside_earlier_invocation(run_dir) if checkpoint else 0.0
         with open(run_dir / "run.yaml", "w", encoding="utf-8") as f:
             yaml.safe_dump(config, f, sort_keys=True)
         command = [
