@@ -302,7 +302,11 @@ def execute(run: Run, args: argparse.Namespace) -> Tuple[Dict[str, Any], Optiona
     started = time.perf_counter()
     if not results_file.is_file():
         checkpoint = interrupted_checkpoint(run_dir, config)
-        earlier = set_aside_earlier_invocation(run_dir) if checkpoint else 0.0
+        if checkpoint:
+            earlier = set_aside_earlier_invocation(run_dir)
+        else:  # the run starts over: the invocations before it count for nothing
+            earlier = 0.0
+            (run_dir / "earlier_seconds").unlink(missing_ok=True)
         with open(run_dir / "run.yaml", "w", encoding="utf-8") as f:
             yaml.safe_dump(config, f, sort_keys=True)
         command = [

@@ -343,6 +343,7 @@ def test_a_checkpoint_is_resumed_only_for_its_own_settings_and_after_an_interrup
         (run_dir / "saved" / "BPR-2.pth.77.tmp").write_bytes(b"half written")
         (run_dir / "run.yaml").write_text(yaml.safe_dump(settings))
         (run_dir / "output.log").write_text("epoch 0 training\n")
+        (run_dir / "earlier_seconds").write_text("100.0\n")
 
     settings = run.config(options.data_path, run_dir)
     for status, resumable in ((-9, True), (130, True), (2, False)):
@@ -352,11 +353,14 @@ def test_a_checkpoint_is_resumed_only_for_its_own_settings_and_after_an_interrup
         assert row["error"] == f"exit status {status}: it went wrong"
         assert commands[-1][-1] == f"--resume_file={run_dir / 'saved' / 'BPR-2.pth'}"
         assert (run_dir / "saved").is_dir() == resumable  # a run that failed on its own starts over
+        assert row["wall_seconds"] >= 100.0  # the earlier invocations count
 
     interrupted_before({**settings, "epochs": 3})
     row, _ = experiments.execute(run, options)
     assert not any(argument.startswith("--resume_file") for argument in commands[-1])
     assert not (run_dir / "saved").exists()
+    # a run that starts over counts none of the earlier invocations, now or when it is resumed
+    assert row["wall_seconds"] < 100.0 and not (run_dir / "earlier_seconds").exists()
 
 
 def quality_row(model, method, sparsity, ndcg, epochs):
